@@ -168,7 +168,8 @@ def main(argv=None) -> int:
         }
     meta = {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-        "cpus": torch.get_num_threads(), "device": args.device if args.device != "cuda" else torch.cuda.get_device_name(),
+        "cpus": torch.get_num_threads(),
+        "device": args.device if args.device != "cuda" else torch.cuda.get_device_name(),
         "torch": torch.__version__, "timm": timm.__version__, "amp": args.amp, "batch": args.batch,
         "image": args.image, "rounds": args.rounds,
     }

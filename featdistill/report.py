@@ -1,0 +1,65 @@
+"""The end of a run: latency, the summary (JSON and printed) and the curves plot."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def cpu_latency(models: dict[str, nn.Module], sample: torch.Tensor, rounds: int = 30) -> dict[str, float]:
+    """Median batch-``len(sample)`` forward time in ms per model on the CPU, models interleaved per round
+    so machine noise hits all alike."""
+    models = {k: m.to("cpu").eval() for k, m in models.items()}
+    sample = sample.to("cpu")
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for r in range(rounds + 3):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model(sample)
+            if r >= 3:  # warm-up rounds
+                times[name].append(time.perf_counter() - start)
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
+
+
+def summarize(summary: dict) -> str:
+    """The printed summary: what share of the teacher's accuracy the student keeps, at what size and speed."""
+    t_acc, s_acc = summary["teacher_accuracy"], summary["student_accuracy"]
+    keeps = s_acc / t_acc if t_acc else float("nan")
+    size = summary["student_params"] / summary["teacher_params"]
+    speed = summary["teacher_latency_ms"] / summary["student_latency_ms"]
+    return "\n".join([
+        f"teacher: {t_acc:.2%} test accuracy, {summary['teacher_params']:,} params, "
+        f"{summary['teacher_latency_ms']:.2f} ms/image (CPU)",
+        f"student: {s_acc:.2%} test accuracy, {summary['student_params']:,} params, "
+        f"{summary['student_latency_ms']:.2f} ms/image (CPU)",
+        f"the student keeps {keeps:.0%} of the teacher's accuracy at {size:.0%} of its size, "
+        f"running {speed:.1f}x {'faster' if speed >= 1 else 'slower'} on the CPU",
+    ])
+
+
+def plot_curves(metrics_path: Path, out: Path) -> None:
+    """Loss terms per epoch (left) and validation accuracy (right) from ``metrics.jsonl``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r for r in map(json.loads, metrics_path.read_text().splitlines()) if r["kind"] == "epoch"]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    keys = [k for k in epochs[0] if k not in ("kind", "epoch", "val_accuracy", "epoch_seconds", "images_per_s")]
+    xs = [r["epoch"] + 1 for r in epochs]
+    for key in keys:
+        ax_loss.plot(xs, [r[key] for r in epochs], label=key, marker=".")
+    ax_loss.set(xlabel="epoch", ylabel="mean term per image", title="loss terms", yscale="log")
+    ax_loss.legend(fontsize=8)
+    ax_acc.plot(xs, [100 * r["val_accuracy"] for r in epochs], marker=".", color="tab:green")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="student accuracy")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

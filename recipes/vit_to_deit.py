@@ -1,0 +1,40 @@
+"""ViT teacher -> DeiT-style student with a distillation token, plus token-feature pairs.
+
+What it shows: timm's distilled DeiT as the student (cross-entropy on its class head, logit KD on its
+distillation head, the two heads averaged at evaluation) and token-feature pairs across different
+patch sizes, widths and prefix tokens, aligned by the 'auto' adapters.
+
+Default: the embedded digits data (no download); the teacher is trained on it first and cached.
+To use a real pretrained teacher on real data, e.g. ImageNet-style folders at 224 px:
+
+    teacher=Model("vit_base_patch16_224", kwargs=dict(pretrained=True), pretrain=Train(epochs=5, lr=1e-4)),
+    student=Model("deit_tiny_distilled_patch16_224"),
+    data=Data(name="imagefolder", root="/data/imagenette", image_size=224),
+
+and pair layers by relative depth (e.g. student blocks.5 <-> teacher blocks.11); run with
+--list-layers teacher|student to see the names and shapes.
+"""
+
+from featdistill import LogitKD, Pair
+from featdistill.data import Data
+from featdistill.recipe import Model, Recipe, Train
+
+recipe = Recipe(
+    teacher=Model(
+        "vit_tiny_patch16_224",
+        kwargs=dict(img_size=16, patch_size=2, depth=3, embed_dim=96, num_heads=3, global_pool="avg",
+                    class_token=False),
+        pretrain=Train(epochs=40, batch_size=32, lr=2e-3, warmup_epochs=3, label_smoothing=0.1),
+    ),
+    student=Model(
+        "deit_tiny_distilled_patch16_224",
+        kwargs=dict(img_size=16, patch_size=4, depth=3, embed_dim=64, num_heads=2),
+    ),
+    pairs=[
+        Pair(student="blocks.1", teacher="blocks.1", loss="mse", normalize="teacher", weight=1.0),
+        Pair(student="blocks.2", teacher="blocks.2", loss="mse", normalize="teacher", weight=1.0),
+    ],
+    kd=LogitKD(temperature=4.0, alpha=0.5),
+    data=Data(name="digits", image_size=16),
+    train=Train(epochs=30, batch_size=32, lr=2e-3, warmup_epochs=3, seed=0),
+)
