@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .calibration import AutoWeights
 from .losses import kd_loss
 
 
@@ -17,7 +18,7 @@ class FeatureTerm:
 
     name: str
     loss: Callable[..., torch.Tensor]
-    weight: float
+    weight: float | str  # 'auto': taken from the combiner's AutoWeights
     label: str = ""  # how the formula shows it, e.g. "mse(linear(blocks.2), blocks.5)"
 
 
@@ -30,9 +31,10 @@ class LossCombiner:
     distillation head (DeiT). ``repr()`` prints the formula with its weights.
     """
 
-    def __init__(self, kd=None, terms: list[FeatureTerm] | None = None):
+    def __init__(self, kd=None, terms: list[FeatureTerm] | None = None, auto: AutoWeights | None = None):
         self.kd = kd  # a LogitKD (temperature, alpha, mode) or None
         self.terms = list(terms or [])
+        self.auto = auto  # per-term weights with 'auto' entries; None when every weight is fixed
 
     def __call__(
         self,
@@ -51,9 +53,17 @@ class LossCombiner:
             # with no labels the soft term is all there is, so it keeps weight 1
             soft_weight = (1 - kd.alpha) if labels is not None else 1.0
             out["kd"] = soft_weight * kd_loss(kd_logits, teacher_logits, None, kd.temperature, mode=kd.mode)
-        for term in self.terms:
-            student, teacher = features[term.name]
-            out[f"feat/{term.name}"] = term.weight * term.loss(student, teacher)
+        raw = [term.loss(*features[term.name]) for term in self.terms]
+        if self.auto is not None and raw:
+            if self.auto.training:
+                reference = out.get("kd", out.get("task"))
+                if reference is not None:
+                    self.auto.observe(reference, torch.stack([r.detach().float() for r in raw]))
+            weights = list(self.auto.weights.unbind())
+        else:
+            weights = [term.weight for term in self.terms]
+        for term, value, weight in zip(self.terms, raw, weights):
+            out[f"feat/{term.name}"] = weight * value
         out["loss"] = sum(out.values()) if out else task_logits.sum() * 0.0
         return out
 
@@ -66,5 +76,7 @@ class LossCombiner:
             parts.append(f"{kd.alpha:g}*CE(s, y)")
             soft = f"KL(t||s; T={kd.temperature:g})*T^2" if kd.mode == "soft" else "CE(s, argmax t)"
             parts.append(f"{1 - kd.alpha:g}*{soft}")
-        parts += [f"{t.weight:g}*{t.label or t.name}" for t in self.terms]
+        for i, t in enumerate(self.terms):
+            weight = self.auto.describe(i) if self.auto is not None else f"{t.weight:g}"
+            parts.append(f"{weight}*{t.label or t.name}")
         return "loss = " + " + ".join(parts)

@@ -10,11 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapters import build_adapter, describe
+from .attention import ATTENTION_KINDS, qkv_transform
+from .calibration import AutoWeights
 from .combiner import FeatureTerm, LossCombiner
 from .errors import FeatdistillError, ShapeError
-from .hooks import FeatureHooks
+from .hooks import FeatureHooks, resolve_module
 from .losses import CHANNEL_FREE, LOSSES
-from .spec import LogitKD, Pair
+from .pairing import auto_pairs
+from .spec import AutoPairs, LogitKD, Pair
 
 _DEFAULT_KD = LogitKD()
 
@@ -65,23 +68,32 @@ class Distiller(nn.Module):
 
     Args:
         teacher, student: any modules returning logits ``[B, K]`` (see :func:`split_logits`).
-        pairs: :class:`Pair` list.
+        pairs: :class:`Pair` list, or ``'auto'`` / :class:`AutoPairs` to pair blocks by relative depth.
         kd: :class:`LogitKD`, or ``None`` for feature terms plus plain cross-entropy.
         sample_input: one batch used for a no-grad dry run that measures feature shapes (needed
             when there are pairs).
         logits_from: optional ``output -> logits`` callable for unusual model outputs.
+        calibration_steps: training steps over which ``Pair(weight='auto')`` weights are measured.
     """
 
     def __init__(
         self,
         teacher: nn.Module,
         student: nn.Module,
-        pairs: Sequence[Pair] = (),
+        pairs: Sequence[Pair] | AutoPairs | str = (),
         kd: LogitKD | None = _DEFAULT_KD,
         sample_input: torch.Tensor | None = None,
         logits_from: Callable[[Any], torch.Tensor] | None = None,
+        calibration_steps: int = 20,
     ):
         super().__init__()
+        self.pairing_notes: list[str] = []
+        if pairs == "auto":
+            pairs = AutoPairs()
+        if isinstance(pairs, AutoPairs):
+            if pairs.problems():
+                raise FeatdistillError("cannot build the Distiller:\n  - " + "\n  - ".join(pairs.problems()))
+            pairs, self.pairing_notes = auto_pairs(teacher, student, pairs.n_pairs, **pairs.pair_kwargs())
         pairs = list(pairs)
         problems = (kd.problems() if kd is not None else []) + [p for pair in pairs for p in pair.problems()]
         keys = [p.key for p in pairs]
@@ -113,23 +125,39 @@ class Distiller(nn.Module):
         except BaseException:
             self.close()  # a failed build leaves no hook behind on the user's models
             raise
+        auto = None
+        if any(p.weight == "auto" for p in pairs):
+            auto = AutoWeights([None if p.weight == "auto" else p.weight for p in pairs],
+                               [p.auto_ratio for p in pairs], steps=calibration_steps)
+        self.auto_weights = auto  # a submodule: its buffers travel with state_dict and DDP
         self.combiner = LossCombiner(kd, [
-            FeatureTerm(p.key, self._loss_fn(p), float(p.weight), self._label(p, row))
+            FeatureTerm(p.key, self._loss_fn(p), p.weight, self._label(p, row))
             for p, row in zip(pairs, self.plan_rows)
-        ])
+        ], auto)
 
     # -- construction -------------------------------------------------------------------------
+    @staticmethod
+    def _tap(pair: Pair, side: str, model: nn.Module) -> tuple[tuple[str, str], str, Any]:
+        """``((capture, repeat), hooked layer name, select)`` for one side of a pair. Attention pairs hook
+        the attention module's fused ``qkv`` linear and recompute the probabilities from its output."""
+        name = getattr(pair, side)
+        if pair.capture in ATTENTION_KINDS:
+            transform = qkv_transform(resolve_module(model, name), pair.capture)
+            return ("output", pair.repeat), f"{name}.qkv", transform
+        select = pair.teacher_select if side == "teacher" and pair.teacher_select is not None else pair.select
+        return (pair.capture, pair.repeat), name, select
+
     def _hook(self, model: nn.Module, side: str) -> list[FeatureHooks]:
         groups: dict[tuple[str, str], dict[str, Any]] = {}
+        taps = []
         for pair in self.pairs:
-            select = pair.select
-            if side == "teacher" and pair.teacher_select is not None:
-                select = pair.teacher_select
-            layers = groups.setdefault((pair.capture, pair.repeat), {})
-            name = getattr(pair, side)
-            if name in layers and layers[name] is not select:
+            group, name, select = self._tap(pair, side, model)
+            taps.append((group, name))
+            layers = groups.setdefault(group, {})
+            if name in layers and layers[name] is not select and pair.capture not in ATTENTION_KINDS:
                 raise FeatdistillError(f"{side} layer {name!r} is paired twice with different select=; use one")
             layers[name] = select
+        setattr(self, f"_{side}_taps", taps)
         hooks = [
             FeatureHooks(model, list(layers), capture=capture, select=layers, repeat=repeat, detach=side == "teacher")
             for (capture, repeat), layers in groups.items()
@@ -141,14 +169,17 @@ class Distiller(nn.Module):
     def _build_adapters(self, sample_input: torch.Tensor) -> None:
         s_feats, t_feats = self._dry_run(sample_input)
         device = next((p.device for p in self.student.parameters()), sample_input.device)
-        for pair in self.pairs:
-            group = (pair.capture, pair.repeat)
-            s, t = s_feats[group][pair.student], t_feats[group][pair.teacher]
+        for pair, s_tap, t_tap in zip(self.pairs, self._student_taps, self._teacher_taps):
+            s, t = s_feats[s_tap[0]][s_tap[1]], t_feats[t_tap[0]][t_tap[1]]
             s_shape, t_shape = tuple(s.shape[1:]), tuple(t.shape[1:])
             loss_name = pair.loss if isinstance(pair.loss, str) else ""
-            hints = {**token_hints(self.student, s_shape, "student"), **token_hints(self.teacher, t_shape, "teacher")}
+            attention = pair.capture in ATTENTION_KINDS
+            # attention maps [H, N, N]: the token hints describe N
+            s_tokens, t_tokens = ((s_shape[-1], 0), (t_shape[-1], 0)) if attention else (s_shape, t_shape)
+            hints = {**token_hints(self.student, s_tokens, "student"), **token_hints(self.teacher, t_tokens, "teacher")}
+            kind = "attention" if attention and pair.adapter == "auto" else pair.adapter
             try:
-                adapter = build_adapter(pair.adapter, s_shape, t_shape, loss_name in CHANNEL_FREE,
+                adapter = build_adapter(kind, s_shape, t_shape, loss_name in CHANNEL_FREE,
                                         **{**hints, **pair.adapter_kwargs})
                 adapter.to(device)
                 was_training = adapter.training
@@ -237,10 +268,9 @@ class Distiller(nn.Module):
         else:
             task_logits, kd_logits = split_logits(s_out)
         aligned = {}
-        for pair, adapter in zip(self.pairs, self.adapters):
-            group = (pair.capture, pair.repeat)
-            s = adapter(s_feats[group][pair.student])
-            t = adapter.target(t_feats[group][pair.teacher])
+        for pair, adapter, s_tap, t_tap in zip(self.pairs, self.adapters, self._student_taps, self._teacher_taps):
+            s = adapter(s_feats[s_tap[0]][s_tap[1]])
+            t = adapter.target(t_feats[t_tap[0]][t_tap[1]])
             if pair.normalize is not None:
                 t = channel_layer_norm(t)
                 if pair.normalize == "both":
@@ -270,8 +300,11 @@ class Distiller(nn.Module):
         for r in self.plan_rows:
             lines.append(
                 f"  {r['student']} {r['student_shape']} -> {r['adapter']} -> {r['teacher']} {r['teacher_shape']}"
-                f"  loss={r['loss']} weight={r['weight']:g}"
+                f"  loss={r['loss']} weight={r['weight'] if isinstance(r['weight'], str) else format(r['weight'], 'g')}"
             )
+        if self.pairing_notes:
+            lines.append("pairs chosen automatically by relative depth (TinyBERT uniform mapping):")
+            lines += [f"  {note}" for note in self.pairing_notes]
         lines.append(repr(self.combiner))
         return "\n".join(lines)
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Union
 
 from .data import Data
 from .errors import RecipeError, did_you_mean
-from .spec import LogitKD, Pair
+from .spec import AutoPairs, LogitKD, Pair
 
 try:
     from types import UnionType  # `X | None` annotations (Python 3.10+)
@@ -89,13 +89,15 @@ class Recipe:
 
     teacher: Model
     student: Model
-    pairs: tuple = ()
+    pairs: Union[tuple, AutoPairs, str] = ()
     kd: Union[LogitKD, None] = field(default_factory=LogitKD)
     data: Data = field(default_factory=Data)
     train: Train = field(default_factory=Train)
     eval_teacher: bool = True
 
     def __post_init__(self):
+        if self.pairs == "auto":
+            object.__setattr__(self, "pairs", AutoPairs())
         if isinstance(self.pairs, list):
             object.__setattr__(self, "pairs", tuple(self.pairs))
 
@@ -244,7 +246,9 @@ def validate(recipe: Recipe) -> list[str]:
     if recipe.kd is not None:
         found += recipe.kd.problems() if isinstance(recipe.kd, LogitKD) else ["kd must be LogitKD(...) or None"]
     keys = []
-    for i, pair in enumerate(recipe.pairs):
+    if isinstance(recipe.pairs, AutoPairs):
+        found += recipe.pairs.problems()
+    for i, pair in enumerate(recipe.pairs if isinstance(recipe.pairs, tuple) else ()):
         if not isinstance(pair, Pair):
             found.append(f"pairs[{i}] must be a Pair(...), got {type(pair).__name__}")
             continue

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 from .adapters import ADAPTERS
 from .errors import did_you_mean
@@ -11,6 +11,9 @@ from .hooks import REPEAT_POLICIES
 from .losses import LOSSES
 
 NORMALIZE = (None, "teacher", "both")
+# 'attention' / 'value_relation': the pair names attention modules; their probabilities (or MiniLM value
+# relations) [B, heads, N, N] are recomputed from the fused qkv output, the model untouched
+CAPTURES = ("output", "input", "attention", "value_relation")
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,14 @@ class Pair:
         loss: a name in ``featdistill.losses.LOSSES`` or a callable ``(student, teacher) -> scalar``.
         adapter: a name in ``featdistill.adapters.ADAPTERS``, ``'auto'`` (chosen from the measured
             shapes), a factory ``(student_shape, teacher_shape) -> nn.Module`` or a module.
-        weight: the term's weight.
+        weight: the term's weight, or ``'auto'``: calibrated over the first training steps so that the
+            term is ``auto_ratio`` times the logit-KD term (the task term without KD), then frozen.
+        auto_ratio: the target ratio for ``weight='auto'``.
         select / teacher_select: pick the tensor from a tuple/dict output (index, key or callable);
             ``teacher_select`` defaults to ``select``.
-        capture: ``'output'`` or ``'input'`` of the layer.
+        capture: ``'output'`` or ``'input'`` of the layer, or ``'attention'`` / ``'value_relation'`` for an
+            attention module (timm ``blocks.3.attn``): maps ``[B, heads, N, N]`` recomputed from its ``qkv``
+            output (use ``loss='attention_kl'``; the 'auto' adapter mixes heads and resamples tokens).
         repeat: policy for a layer that runs more than once per forward (see ``FeatureHooks``).
         normalize: ``'teacher'`` layer-normalises the teacher feature over channels at each position
             before the loss (parameter-free), ``'both'`` does it to the adapted student feature too.
@@ -56,13 +63,14 @@ class Pair:
     teacher: str
     loss: Any = "mse"
     adapter: Any = "auto"
-    weight: float = 1.0
+    weight: Union[float, str] = 1.0
     select: Any = None
     teacher_select: Any = None
     capture: str = "output"
     repeat: str = "error"
     normalize: str | None = None
     name: str | None = None
+    auto_ratio: float = 1.0
     loss_kwargs: dict = field(default_factory=dict)
     adapter_kwargs: dict = field(default_factory=dict)
 
@@ -82,12 +90,44 @@ class Pair:
         if isinstance(self.adapter, str) and self.adapter != "auto" and self.adapter not in ADAPTERS:
             found.append(f"{where}: unknown adapter {self.adapter!r}.{did_you_mean(self.adapter, ADAPTERS, 1)} "
                          f"Known: auto, {', '.join(ADAPTERS)}")
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or self.weight < 0:
-            found.append(f"{where}: weight must be a number >= 0, got {self.weight!r}")
-        if self.capture not in ("output", "input"):
-            found.append(f"{where}: capture must be 'output' or 'input', got {self.capture!r}")
+        if self.weight != "auto" and (
+                isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or self.weight < 0):
+            found.append(f"{where}: weight must be a number >= 0 or 'auto', got {self.weight!r}")
+        if not isinstance(self.auto_ratio, (int, float)) or self.auto_ratio <= 0:
+            found.append(f"{where}: auto_ratio must be > 0, got {self.auto_ratio!r}")
+        if self.capture not in CAPTURES:
+            found.append(f"{where}: capture must be one of {CAPTURES}, got {self.capture!r}")
         if self.repeat not in REPEAT_POLICIES:
             found.append(f"{where}: repeat must be one of {REPEAT_POLICIES}, got {self.repeat!r}")
         if self.normalize not in NORMALIZE:
             found.append(f"{where}: normalize must be one of {NORMALIZE}, got {self.normalize!r}")
         return found
+
+
+@dataclass(frozen=True)
+class AutoPairs:
+    """Pairs chosen by relative depth among the block-like modules of both models (TinyBERT's uniform
+    mapping: student block i <-> teacher block round((i + 1) * L_t / L_s) - 1, last blocks always paired).
+
+    ``n_pairs`` keeps that many, evenly spaced over the student's blocks (default: every student block);
+    the remaining fields are given to every ``Pair``. ``pairs='auto'`` means ``AutoPairs()``.
+    """
+
+    n_pairs: Union[int, None] = None
+    loss: Any = "mse"
+    adapter: Any = "auto"
+    weight: Union[float, str] = 1.0
+    normalize: Union[str, None] = None
+    auto_ratio: float = 1.0
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.n_pairs is not None and (not isinstance(self.n_pairs, int) or self.n_pairs < 1):
+            found.append(f"AutoPairs.n_pairs must be an integer >= 1 or None, got {self.n_pairs!r}")
+        probe = Pair("student", "teacher", loss=self.loss, adapter=self.adapter, weight=self.weight,
+                     normalize=self.normalize, auto_ratio=self.auto_ratio, name="AutoPairs")
+        return found + probe.problems()
+
+    def pair_kwargs(self) -> dict[str, Any]:
+        return {"loss": self.loss, "adapter": self.adapter, "weight": self.weight, "normalize": self.normalize,
+                "auto_ratio": self.auto_ratio}

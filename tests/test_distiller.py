@@ -1,6 +1,7 @@
 """Distiller: four architecture pairings, the frozen teacher, parameters, hooks, autocast, errors."""
 
 import gc
+import warnings
 
 import pytest
 import timm
@@ -91,7 +92,9 @@ def test_features_are_released_after_each_step():
 
     def live_tensors():
         gc.collect()
-        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+        with warnings.catch_warnings():  # isinstance() touches deprecated torch.distributed aliases
+            warnings.simplefilter("ignore")
+            return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
 
     counts = []
     for step in range(60):
@@ -171,3 +174,55 @@ def test_teacher_follows_to():
     d = Distiller(teacher, student)
     d.to(torch.float64)
     assert next(teacher.parameters()).dtype == torch.float64
+
+
+def test_auto_weight_calibrates_to_the_ratio_then_freezes():
+    torch.manual_seed(0)
+    teacher, student = vit(depth=2), deit()
+    pairs = [Pair("blocks.0", "blocks.0", weight="auto", auto_ratio=0.5), Pair("blocks.1", "blocks.1", weight=3.0)]
+    d = Distiller(teacher, student, pairs, sample_input=X[:2], calibration_steps=4)
+    assert "auto(ratio=0.5, calibrating 0/4)" in repr(d.combiner)
+    opt = torch.optim.SGD(d.parameters(), lr=0.01)
+    kd_sum = feat_sum = 0.0
+    for _ in range(4):
+        out = d(X, Y)
+        kd_sum += out["kd"].item()
+        feat_sum += out["feat/blocks.0~blocks.0"].item() / d.auto_weights.weights[0].item()
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    weight = d.auto_weights.weights[0].item()
+    assert abs(weight * feat_sum - 0.5 * kd_sum) < 1e-4 * max(1.0, kd_sum)
+    assert d.auto_weights.weights[1].item() == 3.0
+    d(X, Y)  # after calibration the weight is frozen
+    assert d.auto_weights.weights[0].item() == weight and "[auto]" in repr(d.combiner)
+    assert "auto_weights.weights" in d.state_dict()
+    d.close()
+
+
+def test_auto_pairs_by_relative_depth_show_in_the_plan():
+    from featdistill import AutoPairs
+
+    with Distiller(vit(depth=4), deit(depth=2), AutoPairs(loss="cosine"), sample_input=X[:2]) as d:
+        assert [(p.student, p.teacher) for p in d.pairs] == [("blocks.0", "blocks.1"), ("blocks.1", "blocks.3")]
+        plan = d.plan()
+        assert "chosen automatically by relative depth" in plan and "student blocks.1 (2/2)" in plan
+        assert all(p.loss == "cosine" for p in d.pairs)
+        assert torch.isfinite(d(X, Y)["loss"])
+    with Distiller(vit(depth=2), deit(depth=2), "auto", sample_input=X[:2]) as d:
+        assert len(d.pairs) == 2
+
+
+def test_attention_pairs_recompute_maps_from_qkv_and_train():
+    torch.manual_seed(0)
+    teacher, student = vit(depth=2, heads=6), deit(depth=2)  # 6 vs 3 heads, 17 vs 66 tokens
+    pairs = [Pair("blocks.1.attn", "blocks.1.attn", capture="attention", loss="attention_kl"),
+             Pair("blocks.0.attn", "blocks.0.attn", capture="value_relation", loss="value_relation_kl")]
+    with Distiller(teacher, student, pairs, sample_input=X[:2]) as d:
+        assert "blocks.1.attn [3, 66, 66] -> AttentionAdapter" in d.plan()
+        out = d(X, Y)
+        assert out["feat/blocks.1.attn~blocks.1.attn"] > 0
+        out["loss"].backward()
+        assert student.blocks[1].attn.qkv.weight.grad.abs().sum() > 0
+        assert all(p.grad is not None for p in d.adapters.parameters())
+    assert count_hooks(teacher) == 0 and count_hooks(student) == 0
