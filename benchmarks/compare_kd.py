@@ -1,0 +1,162 @@
+"""Logit-only KD vs feature KD, same recipe, same cached teacher, same seeds (paired).
+
+For each recipe and seed, the student is trained in several modes that differ only in the loss:
+    alone    the student with cross-entropy only           (--set kd=None --set pairs=[])
+    logit    logit KD only                                 (--set pairs=[])
+    feature  feature pairs + cross-entropy, no logit KD    (--set kd=None)
+    both     the recipe as shipped: logit KD + feature pairs
+Reported: test accuracy mean +- std over seeds, the paired difference to `logit` (mean +- std over seeds),
+and each mode's seconds per epoch as a ratio to `logit`. Writes JSON, a markdown table and a PNG chart.
+
+    python benchmarks/compare_kd.py                                   # every shipped recipe, 5 seeds
+    python benchmarks/compare_kd.py recipes/vit_to_deit.py --seeds 3 --modes alone both
+    python benchmarks/compare_kd.py recipes/vit_to_deit.py --variant at="pairs.1.loss='attention_transfer'"
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from featdistill.run import main as run_main
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = Path(__file__).parent / "out"
+MODES = {"alone": ["kd=None", "pairs=[]"], "logit": ["pairs=[]"], "feature": ["kd=None"], "both": []}
+
+
+def train_once(recipe: Path, overrides: list[str], seed: int, workdir: Path) -> dict:
+    """One quiet run; returns its summary plus the mean seconds per epoch."""
+    out = workdir / f"run-{time.time_ns()}"
+    argv = [str(recipe), "--quiet", "--out", str(out), "--set", f"train.seed={seed}"]
+    for item in overrides:
+        argv += ["--set", item]
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = run_main(argv)
+    if code != 0:
+        raise SystemExit(f"run failed ({code}): {' '.join(argv)}\n{buffer.getvalue()[-2000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    seconds = [r["epoch_seconds"] for r in records if r["kind"] == "epoch"]
+    summary["epoch_seconds"] = statistics.median(seconds)
+    return summary
+
+
+def stats(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def compare(recipe: Path, modes: dict[str, list[str]], seeds: list[int], extra: list[str], workdir: Path) -> dict:
+    results: dict[str, dict] = {m: {"accuracy": [], "epoch_seconds": []} for m in modes}
+    teacher_acc = None
+    for seed in seeds:  # modes interleaved per seed, so drift on a shared machine hits all alike
+        for mode, overrides in modes.items():
+            summary = train_once(recipe, extra + overrides, seed, workdir)
+            results[mode]["accuracy"].append(summary["student_accuracy"])
+            results[mode]["epoch_seconds"].append(summary["epoch_seconds"])
+            teacher_acc = summary["teacher_accuracy"]
+            print(f"  {recipe.stem} seed {seed} {mode:>10s}: {summary['student_accuracy']:.2%}", flush=True)
+    base = "logit" if "logit" in modes else None
+    table = {}
+    for mode, r in results.items():
+        mean, std = stats(r["accuracy"])
+        row = {"accuracy_mean": mean, "accuracy_std": std, "accuracy": r["accuracy"],
+               "epoch_seconds_median": statistics.median(r["epoch_seconds"])}
+        if base:
+            diffs = [a - b for a, b in zip(r["accuracy"], results[base]["accuracy"])]
+            row["paired_diff_mean"], row["paired_diff_std"] = stats(diffs)
+            row["time_ratio"] = row["epoch_seconds_median"] / statistics.median(results[base]["epoch_seconds"])
+        table[mode] = row
+    return {"teacher_accuracy": teacher_acc, "modes": table}
+
+
+def markdown(all_results: dict, meta: dict) -> str:
+    lines = [f"seeds {meta['seeds']}, {meta['date']}, {meta['machine']}, torch {meta['torch']}",
+             f"command: `{meta['command']}`", "",
+             "| recipe | mode | test accuracy (mean +- std) | paired diff to logit KD | time/epoch vs logit KD |",
+             "|---|---|---:|---:|---:|"]
+    for recipe, res in all_results.items():
+        for mode, row in res["modes"].items():
+            diff = (f"{100 * row['paired_diff_mean']:+.2f} +- {100 * row['paired_diff_std']:.2f}"
+                    if "paired_diff_mean" in row else "-")
+            ratio = f"{row['time_ratio']:.2f}x" if "time_ratio" in row else "-"
+            lines.append(f"| {recipe} | {mode} | {100 * row['accuracy_mean']:.2f} +- {100 * row['accuracy_std']:.2f} "
+                         f"| {diff} | {ratio} |")
+        lines.append(f"| {recipe} | teacher | {100 * res['teacher_accuracy']:.2f} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(all_results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recipes = list(all_results)
+    modes = list(next(iter(all_results.values()))["modes"])
+    fig, ax = plt.subplots(figsize=(2.5 + 2.2 * len(recipes), 4))
+    width = 0.8 / len(modes)
+    for i, mode in enumerate(modes):
+        means = [100 * all_results[r]["modes"][mode]["accuracy_mean"] for r in recipes]
+        stds = [100 * all_results[r]["modes"][mode]["accuracy_std"] for r in recipes]
+        ax.bar([j + i * width for j in range(len(recipes))], means, width, yerr=stds, capsize=3, label=mode)
+    lows = [100 * min(row["accuracy_mean"] - row["accuracy_std"] for row in all_results[r]["modes"].values())
+            for r in recipes]
+    ax.set_ylim(max(0, min(lows) - 5), 100)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(recipes))], recipes)
+    ax.set_ylabel("student test accuracy (%)")
+    ax.set_title("student alone vs logit KD vs feature KD (mean +- std over seeds)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipes", nargs="*", type=Path, help="default: every recipe in recipes/")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[;OVERRIDE]",
+                   help="an extra mode: the recipe with these --set overrides, e.g. at=pairs.1.loss='at'")
+    p.add_argument("--set", dest="extra", action="append", default=[], help="override applied to every mode")
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--tag", default="compare_kd")
+    args = p.parse_args(argv)
+    recipes = args.recipes or sorted((ROOT / "recipes").glob("*.py"))
+    modes = {m: MODES[m] for m in args.modes}
+    for variant in args.variant:
+        name, _, overrides = variant.partition("=")
+        modes[name] = [o for o in overrides.split(";") if o]
+    seeds = list(range(args.seeds))
+    all_results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for recipe in recipes:
+            print(f"{recipe.stem}: modes {list(modes)}, seeds {seeds}", flush=True)
+            all_results[recipe.stem] = compare(recipe, modes, seeds, args.extra, Path(tmp))
+    import platform
+
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "torch": torch.__version__, "seeds": seeds, "modes": modes, "extra": args.extra,
+            "command": "python benchmarks/compare_kd.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "results": all_results}, indent=2))
+    table = markdown(all_results, meta)
+    (args.out / f"{args.tag}.md").write_text(table)
+    plot(all_results, args.out / f"{args.tag}.png")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
