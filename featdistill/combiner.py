@@ -31,10 +31,12 @@ class LossCombiner:
     distillation head (DeiT). ``repr()`` prints the formula with its weights.
     """
 
-    def __init__(self, kd=None, terms: list[FeatureTerm] | None = None, auto: AutoWeights | None = None):
+    def __init__(self, kd=None, terms: list[FeatureTerm] | None = None, auto: AutoWeights | None = None,
+                 label_smoothing: float = 0.0):
         self.kd = kd  # a LogitKD (temperature, alpha, mode) or None
         self.terms = list(terms or [])
         self.auto = auto  # per-term weights with 'auto' entries; None when every weight is fixed
+        self.label_smoothing = label_smoothing
 
     def __call__(
         self,
@@ -48,7 +50,8 @@ class LossCombiner:
         kd = self.kd
         if labels is not None:
             task_weight = kd.alpha if kd is not None else 1.0
-            out["task"] = task_weight * F.cross_entropy(task_logits.float(), labels)
+            out["task"] = task_weight * F.cross_entropy(task_logits.float(), labels,
+                                                        label_smoothing=self.label_smoothing)
         if kd is not None:
             # with no labels the soft term is all there is, so it keeps weight 1
             soft_weight = (1 - kd.alpha) if labels is not None else 1.0

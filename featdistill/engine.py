@@ -74,6 +74,7 @@ class Distiller(nn.Module):
             when there are pairs).
         logits_from: optional ``output -> logits`` callable for unusual model outputs.
         calibration_steps: training steps over which ``Pair(weight='auto')`` weights are measured.
+        label_smoothing: for the task term's cross-entropy.
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class Distiller(nn.Module):
         sample_input: torch.Tensor | None = None,
         logits_from: Callable[[Any], torch.Tensor] | None = None,
         calibration_steps: int = 20,
+        label_smoothing: float = 0.0,
     ):
         super().__init__()
         self.pairing_notes: list[str] = []
@@ -133,7 +135,7 @@ class Distiller(nn.Module):
         self.combiner = LossCombiner(kd, [
             FeatureTerm(p.key, self._loss_fn(p), p.weight, self._label(p, row))
             for p, row in zip(pairs, self.plan_rows)
-        ], auto)
+        ], auto, label_smoothing)
 
     # -- construction -------------------------------------------------------------------------
     @staticmethod
@@ -159,11 +161,13 @@ class Distiller(nn.Module):
             layers[name] = select
         setattr(self, f"_{side}_taps", taps)
         hooks = [
-            FeatureHooks(model, list(layers), capture=capture, select=layers, repeat=repeat, detach=side == "teacher")
+            FeatureHooks(model, list(layers), capture=capture, select=layers, repeat=repeat, detach=side == "teacher",
+                         clone="auto")
             for (capture, repeat), layers in groups.items()
         ]
         for h in hooks:
             h.active = False  # only capture inside forward(), not when the user evaluates the student
+            h.warn_inplace = False  # the dry run finds in-place-modified layers; warn only after it
         return hooks
 
     def _build_adapters(self, sample_input: torch.Tensor) -> None:
@@ -210,7 +214,8 @@ class Distiller(nn.Module):
             })
 
     def _dry_run(self, x: torch.Tensor) -> tuple[dict, dict]:
-        """One no-grad eval-mode forward of both models; returns the captures by hook group."""
+        """One no-grad eval-mode forward of both models; returns the captures by hook group. It also finds
+        the layers whose outputs are later modified in place: only those are copied in training steps."""
         was_training = self.student.training
         try:
             self.student.eval()
@@ -221,6 +226,8 @@ class Distiller(nn.Module):
                 s_feats = {(h.capture, h.repeat): h.pop() for h in self.student_hooks}
         finally:
             self.student.train(was_training)
+            for h in self.teacher_hooks + self.student_hooks:
+                h.warn_inplace = True
         return s_feats, t_feats
 
     @staticmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Union
 
@@ -107,8 +108,10 @@ class _Capture:
         tensor = select_tensor(value, self.select, where)
         if owner.detach:
             tensor = tensor.detach()
-        if owner.clone:  # a later in-place op (e.g. ReLU(inplace=True) after bn1) would change it
-            tensor = tensor.clone()
+        if owner.clone is True or (owner.clone == "auto" and self.name in owner.inplace_layers):
+            tensor = tensor.clone()  # a later in-place op (e.g. ReLU(inplace=True) after bn1) would change it
+        elif owner.clone == "auto":
+            owner.versions[self.name] = tensor._version
         store = owner.store
         if self.name not in store:
             store[self.name] = [tensor] if owner.repeat == "stack" else tensor
@@ -135,7 +138,10 @@ class FeatureHooks:
         repeat: what to do when a layer runs twice in one forward: ``'error'`` (default),
             ``'first'``, ``'last'`` or ``'stack'`` (tensors stacked on a new dim 0).
         detach: detach captures from the graph (use for a frozen teacher).
-        clone: copy each capture so later in-place ops cannot change it.
+        clone: copy each capture so later in-place ops cannot change it. ``'auto'`` copies only layers seen
+            to be modified in place: ``pop()`` compares each capture's version counter with the one at capture
+            time and copies that layer from then on (a warning says the capture of that pass was affected),
+            so run one pass first (the Distiller's dry run does) to find them before it matters.
 
     ``pop()`` returns ``{name: Tensor}`` (shapes as the layers produce them, e.g. ``[B, C, H, W]`` or
     ``[B, N, C]``) and clears the store; ``remove()`` (or leaving the ``with`` block) removes every hook.
@@ -149,7 +155,7 @@ class FeatureHooks:
         select: Selector | Mapping[str, Selector] = None,
         repeat: str = "error",
         detach: bool = False,
-        clone: bool = True,
+        clone: bool | str = True,
     ):
         if capture not in ("output", "input"):
             raise ValueError(f"capture must be 'output' or 'input', got {capture!r}")
@@ -159,6 +165,9 @@ class FeatureHooks:
         self.capture, self.repeat, self.detach, self.clone = capture, repeat, detach, clone
         self.active = True
         self.store: dict[str, Any] = {}
+        self.versions: dict[str, int] = {}
+        self.inplace_layers: set[str] = set()
+        self.warn_inplace = True
         self.model_name = type(model).__name__
         modules = {name: resolve_module(model, name) for name in self.names}
         per_layer = select if isinstance(select, Mapping) else {n: select for n in self.names}
@@ -176,6 +185,8 @@ class FeatureHooks:
         is not on the forward path, e.g. a head replaced by ``forward_features``).
         """
         store, self.store = self.store, {}
+        if self.versions:
+            self._check_inplace(store)
         if strict:
             missing = [n for n in self.names if n not in store]
             if missing:
@@ -185,8 +196,19 @@ class FeatureHooks:
                 )
         return {n: torch.stack(v) if isinstance(v, list) else v for n, v in store.items()}
 
+    def _check_inplace(self, store: dict[str, Any]) -> None:
+        versions, self.versions = self.versions, {}
+        changed = [n for n, v in versions.items() if isinstance(store.get(n), torch.Tensor) and store[n]._version != v]
+        if changed:
+            self.inplace_layers.update(changed)
+            if self.warn_inplace:
+                warnings.warn(f"the output of {changed} was modified in place after capture (e.g. by "
+                              "ReLU(inplace=True)); those captures are copied from now on, but this pass's "
+                              "were affected", RuntimeWarning, stacklevel=3)
+
     def clear(self) -> None:
         self.store = {}
+        self.versions = {}
 
     def remove(self) -> None:
         for handle in self._handles:

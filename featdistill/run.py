@@ -90,24 +90,19 @@ def new_run_dir(args: argparse.Namespace, recipe_path: Path) -> Path:
 
 
 def build_distiller(recipe: Recipe, teacher, student, sample: torch.Tensor) -> Distiller:
-    return Distiller(teacher, student, recipe.pairs, kd=recipe.kd, sample_input=sample)
+    return Distiller(teacher, student, recipe.pairs, kd=recipe.kd, sample_input=sample,
+                     label_smoothing=recipe.train.label_smoothing)
 
 
 def list_layers_cmd(recipe: Recipe, which: str) -> int:
-    loaders_sample = sample_batch(recipe.data, 2)
-    from .data import Data  # noqa: F401  (recipe.data is a Data)
-
-    in_chans = loaders_sample.shape[1]
+    sample = sample_batch(recipe.data, 2)
     spec = recipe.teacher if which == "teacher" else recipe.student
-    model = build_model(spec, num_classes_of(recipe), in_chans)
-    print(f"{which} {type(model).__name__} ({count_params(model):,} params): name, type, output shape")
-    for name, desc in list_layers(model, loaders_sample):
+    model = build_model(spec, make_loaders(recipe.data, 2).num_classes, sample.shape[1])
+    print(f"{which} {type(model).__name__} ({count_params(model):,} params): name, type, output shape "
+          f"for a batch of {sample.shape[0]}")
+    for name, desc in list_layers(model, sample):
         print(f"  {name:40s} {desc}")
     return 0
-
-
-def num_classes_of(recipe: Recipe) -> int:
-    return make_loaders(recipe.data, 2).num_classes
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,24 +139,13 @@ def run(args: argparse.Namespace) -> int:
     distiller = build_distiller(recipe, teacher, student, sample)
     if not args.quiet:
         print(distiller.plan(), flush=True)
-    smoothing = train.label_smoothing
-
-    def loss_fn(x, y):
-        return distiller(x, y)
-
-    if smoothing and recipe.kd is None and not recipe.pairs:
-        def loss_fn(x, y):  # noqa: F811  (plain training: honour label smoothing)
-            loss = torch.nn.functional.cross_entropy(student(x), y, label_smoothing=smoothing)
-            return {"loss": loss, "task": loss}
-
-    trainer = Trainer(distiller, loss_fn, loaders, train, device, eval_model=student, run_dir=run_dir,
+    trainer = Trainer(distiller, distiller, loaders, train, device, eval_model=student, run_dir=run_dir,
                       desc="student", quiet=args.quiet)
     if args.resume is not None:
         trainer.resume(run_dir / CHECKPOINT)
         print(f"resuming at epoch {trainer.start_epoch + 1}/{train.epochs}", flush=True)
     trainer.fit(stop_after=args.stop_after)
-    if trainer.start_epoch + len(trainer.history) - len(trainer.history) < 0 or \
-            (trainer.history and trainer.history[-1]["epoch"] + 1 < train.epochs):
+    if trainer.history and trainer.history[-1]["epoch"] + 1 < train.epochs:  # --stop-after
         print(f"stopped after epoch {trainer.history[-1]['epoch'] + 1}; continue with --resume {run_dir}")
         distiller.close()
         return 0

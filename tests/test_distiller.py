@@ -226,3 +226,18 @@ def test_attention_pairs_recompute_maps_from_qkv_and_train():
         assert student.blocks[1].attn.qkv.weight.grad.abs().sum() > 0
         assert all(p.grad is not None for p in d.adapters.parameters())
     assert count_hooks(teacher) == 0 and count_hooks(student) == 0
+
+
+def test_distiller_copies_only_captures_that_inplace_ops_would_overwrite():
+    teacher, student = torchvision.models.resnet18(num_classes=10), torchvision.models.resnet18(num_classes=10)
+    seen = {}
+
+    def recording_mse(s, t):
+        seen["student_min"], seen["teacher_min"] = s.min().item(), t.min().item()
+        return torch.nn.functional.mse_loss(s, t)
+
+    pairs = [Pair("bn1", "bn1", loss=recording_mse, adapter="identity"), Pair("layer1", "layer1")]
+    with Distiller(teacher, student, pairs, sample_input=X[:2]) as d:
+        assert d.student_hooks[0].inplace_layers == {"bn1"} == d.teacher_hooks[0].inplace_layers
+        d(X, Y)["loss"].backward()  # would fail if the captured student tensor were the one ReLU overwrote
+    assert seen["student_min"] < 0 and seen["teacher_min"] < 0, "bn1 must be captured before the in-place ReLU"

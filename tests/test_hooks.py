@@ -159,3 +159,18 @@ def test_list_layers_reports_shapes():
     rows = dict(list_layers(model, torch.randn(1, 3, 9, 9)))
     assert rows["0"] == "Conv2d [1, 8, 4, 4]" and rows["1"] == "Flatten [1, 128]"
     assert count_hooks(model) == 0
+
+
+def test_auto_clone_copies_only_layers_modified_in_place():
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.bn1(model.conv1(x))
+    with FeatureHooks(model, ["bn1", "layer1"], clone="auto") as hooks, torch.no_grad():
+        model(x)
+        with pytest.warns(RuntimeWarning, match=r"\['bn1'\] was modified in place"):
+            hooks.pop()
+        assert hooks.inplace_layers == {"bn1"}
+        model(x)
+        captured = hooks.pop()["bn1"]
+    assert torch.allclose(captured, expected, atol=1e-6)

@@ -1,0 +1,33 @@
+"""ViT teacher -> smaller plain ViT student with a different patch size and width, distilling attention.
+
+What it shows: attention-map distillation on models that compute attention with fused
+scaled_dot_product_attention. The pair names each model's attention module; featdistill hooks its fused
+qkv linear and recomputes softmax(q k^T * scale) per head, leaving the model untouched. The 'attention'
+adapter mixes the student's heads into the teacher's (a learned convex combination) and resamples the
+student's 4x4 patch grid onto the teacher's 8x8 one; the class token is left out of the comparison.
+
+Default: the embedded digits data (no download) and the same cached ViT teacher as vit_to_deit.py. For real
+models, e.g. `vit_base_patch16_224` (pretrained=True) -> `vit_tiny_patch16_224`, pair `blocks.11.attn` with
+`blocks.11.attn` (or use pairs=AutoPairs() for block outputs chosen by relative depth).
+"""
+
+from dataclasses import replace
+from pathlib import Path
+
+from featdistill import LogitKD, Pair
+from featdistill.recipe import Model, load_recipe
+
+base = load_recipe(Path(__file__).with_name("vit_to_deit.py"))
+
+recipe = replace(
+    base,
+    student=Model(
+        "vit_tiny_patch16_224",
+        kwargs=dict(img_size=16, patch_size=4, depth=3, embed_dim=48, num_heads=2),
+    ),
+    pairs=[
+        Pair(student="blocks.2.attn", teacher="blocks.2.attn", capture="attention", loss="attention_kl", weight=1.0),
+        Pair(student="blocks.2", teacher="blocks.2", loss="mse", normalize="teacher", weight=1.0),
+    ],
+    kd=LogitKD(temperature=4.0, alpha=0.5),
+)
