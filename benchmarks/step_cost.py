@@ -3,7 +3,11 @@
 Modes (per model pair): a plain student forward vs the same forward with hooks attached, then full
 training steps (forward, backward, optimizer): student alone, logit-only KD, and feature KD with
 1, 2, 4 and 8 pairs. Every round runs each mode once in a shuffled order, so drift on a shared machine
-hits all modes alike; the medians over rounds are divided by the logit-only KD median.
+hits all modes alike; each mode's time is divided by the logit-only KD time of the same round and the
+median of those ratios is reported (forward rows: by the plain forward), with the median time per mode.
+Model pairs: `cnn` ResNet-34 -> ResNet-18 (equal widths: identity adapters), `vit` ViT-S -> ViT-Ti (linear
+adapters), `cnn_wide` ResNet-26 -> ResNet-18 (1x1 conv + BatchNorm adapters on every pair). Pairs are added
+in the order layer1, layer2, layer3, layer4, then the first block of each stage (ViT: blocks 7, 3, 5, 1, ...).
 
     python benchmarks/step_cost.py                      # CPU, both model pairs
     python benchmarks/step_cost.py --device cuda --amp bf16 --rounds 50
@@ -28,11 +32,21 @@ from featdistill import Distiller, FeatureHooks, LogitKD, Pair
 OUT = Path(__file__).parent / "out"
 
 
+CNN_LAYERS = ["layer1", "layer2", "layer3", "layer4", "layer1.0", "layer2.0", "layer3.0", "layer4.0"]
+
+
 def cnn_pair(image: int):
+    """ResNet-34 -> ResNet-18 (the usual ImageNet pair): equal widths, so 'auto' adapters are identities."""
+    teacher = timm.create_model("resnet34", pretrained=False, num_classes=10)
+    student = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    return teacher, student, [Pair(n, n) for n in CNN_LAYERS], (3, image, image)
+
+
+def cnn_wide_pair(image: int):
+    """ResNet-26 (bottleneck, 4x wider stages) -> ResNet-18: every pair needs a 1x1 conv + BatchNorm adapter."""
     teacher = timm.create_model("resnet26", pretrained=False, num_classes=10)
     student = timm.create_model("resnet18", pretrained=False, num_classes=10)
-    layers = ["layer1", "layer2", "layer3", "layer4", "layer1.0", "layer2.0", "layer3.0", "layer4.0"]
-    return teacher, student, [Pair(n, n) for n in layers], (3, image, image)
+    return teacher, student, [Pair(n, n) for n in CNN_LAYERS], (3, image, image)
 
 
 def vit_pair(image: int):
@@ -41,6 +55,9 @@ def vit_pair(image: int):
     student = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=image, patch_size=8, depth=8,
                                 num_classes=10)
     return teacher, student, [Pair(f"blocks.{i}", f"blocks.{i}") for i in (7, 3, 5, 1, 0, 2, 4, 6)], (3, image, image)
+
+
+PAIRS = {"cnn": cnn_pair, "vit": vit_pair, "cnn_wide": cnn_wide_pair}
 
 
 def sync(device: str) -> None:
@@ -120,7 +137,7 @@ def measure(modes, rounds, warmup, device, seed=0):
             sync(device)
             if r >= warmup:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
 
 
 def peak_memory(modes, device):
@@ -141,31 +158,28 @@ def main(argv=None) -> int:
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--image", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--pairs", nargs="+", default=["cnn", "vit"], choices=["cnn", "vit"])
+    parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     results = {}
     for which in args.pairs:
-        teacher, student, pairs, shape = {"cnn": cnn_pair, "vit": vit_pair}[which](args.image)
+        teacher, student, pairs, shape = PAIRS[which](args.image)
         modes, closers = build_modes(teacher, student, pairs, shape, args.batch, args.device, amp)
-        medians = measure(modes, args.rounds, args.warmup, args.device)
+        times = measure(modes, args.rounds, args.warmup, args.device)
         peaks = peak_memory(modes, args.device)
         for c in closers:
             c.close()
-        base = medians["step: logit KD"]
-        fwd = medians["forward: plain"]
-        results[which] = {
-            name: {
-                "median_ms": 1000 * t,
-                "ratio": t / (fwd if name.startswith("forward") else base),
-                "peak_mib": peaks.get(name),
-            }
-            for name, t in medians.items()
-        }
+        results[which] = {}
+        for name, ts in times.items():
+            base = times["forward: plain" if name.startswith("forward") else "step: logit KD"]
+            # the ratio within each round, then the median over rounds: drift between rounds cancels
+            ratios = [t / b for t, b in zip(ts, base)]
+            results[which][name] = {"median_ms": 1000 * statistics.median(ts), "ratio": statistics.median(ratios),
+                                    "peak_mib": peaks.get(name)}
     meta = {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
         "cpus": torch.get_num_threads(),
@@ -176,8 +190,9 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tag = f"step_cost_{args.device}_{args.amp}"
     (args.out / f"{tag}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    lines = [f"step cost ({meta['device']}, amp={args.amp}, batch {args.batch}, {args.image}px, "
-             f"median of {args.rounds} interleaved rounds; forward rows vs plain forward, steps vs logit KD)", ""]
+    lines = [f"step cost ({meta['device']}, amp={args.amp}, batch {args.batch}, {args.image}px, {args.rounds} "
+             "interleaved rounds; ratio = median over rounds of (mode / logit-KD step) or (mode / plain forward))",
+             ""]
     lines += ["| mode | " + " | ".join(f"{w} ms | {w} ratio" for w in results) + " |",
               "|---|" + "---:|---:|" * len(results)]
     for name in next(iter(results.values())):

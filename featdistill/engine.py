@@ -211,6 +211,7 @@ class Distiller(nn.Module):
                 "adapter": describe(adapter), "adapter_params": sum(p.numel() for p in adapter.parameters()),
                 "teacher": pair.teacher, "teacher_shape": list(t_shape), "compared_shape": list(target_shape),
                 "loss": loss_name or getattr(pair.loss, "__name__", "custom"), "weight": pair.weight,
+                "normalize": pair.normalize,
             })
 
     def _dry_run(self, x: torch.Tensor) -> tuple[dict, dict]:
@@ -308,6 +309,7 @@ class Distiller(nn.Module):
             lines.append(
                 f"  {r['student']} {r['student_shape']} -> {r['adapter']} -> {r['teacher']} {r['teacher_shape']}"
                 f"  loss={r['loss']} weight={r['weight'] if isinstance(r['weight'], str) else format(r['weight'], 'g')}"
+                + (f" normalize={r['normalize']}" if r["normalize"] else "")
             )
         if self.pairing_notes:
             lines.append("pairs chosen automatically by relative depth (TinyBERT uniform mapping):")
