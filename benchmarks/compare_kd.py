@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import io
 import json
+import platform
 import statistics
 import sys
 import tempfile
@@ -132,30 +133,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="extra", action="append", default=[], help="override applied to every mode")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--tag", default="compare_kd")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                   help="no training: combine earlier results (the modes they share) into one table and chart")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out / args.tag)
     recipes = args.recipes or sorted((ROOT / "recipes").glob("*.py"))
     modes = {m: MODES[m] for m in args.modes}
     for variant in args.variant:
         name, _, overrides = variant.partition("=")
         modes[name] = [o for o in overrides.split(";") if o]
     seeds = list(range(args.seeds))
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "torch": torch.__version__, "seeds": seeds, "modes": modes, "extra": args.extra,
+            "command": "python benchmarks/compare_kd.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    args.out.mkdir(parents=True, exist_ok=True)
     all_results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for recipe in recipes:
             print(f"{recipe.stem}: modes {list(modes)}, seeds {seeds}", flush=True)
             all_results[recipe.stem] = compare(recipe, modes, seeds, args.extra, Path(tmp))
-    import platform
-
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-            "torch": torch.__version__, "seeds": seeds, "modes": modes, "extra": args.extra,
-            "command": "python benchmarks/compare_kd.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "results": all_results}, indent=2))
-    table = markdown(all_results, meta)
-    (args.out / f"{args.tag}.md").write_text(table)
-    plot(all_results, args.out / f"{args.tag}.png")
-    print(table)
+            write(all_results, meta, args.out / args.tag)  # after each recipe: a long run keeps what it has
+    print(markdown(all_results, meta))
     return 0
+
+
+def merge(paths: list[Path], stem: Path) -> int:
+    loaded = [json.loads(p.read_text()) for p in paths]
+    shared = [m for m in loaded[0]["meta"]["modes"] if all(m in d["meta"]["modes"] for d in loaded)]
+    results = {name: {**res, "modes": {m: res["modes"][m] for m in shared}}
+               for d in loaded for name, res in d["results"].items()}
+    meta = {**loaded[0]["meta"], "command": "; ".join(d["meta"]["command"] for d in loaded)}
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write(results, meta, stem)
+    print(markdown(results, meta))
+    return 0
+
+
+def write(all_results: dict, meta: dict, stem: Path) -> None:
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": all_results}, indent=2))
+    stem.with_suffix(".md").write_text(markdown(all_results, meta))
+    plot(all_results, stem.with_suffix(".png"))
 
 
 if __name__ == "__main__":

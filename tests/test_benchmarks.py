@@ -1,0 +1,46 @@
+"""The benchmark scripts run end to end at toy sizes (their numbers are checked in RESULTS.md, not here)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATDISTILL_CACHE", str(tmp_path / "cache"))
+
+
+def test_compare_kd_writes_paired_results(tmp_path):
+    out = tmp_path / "out"
+    recipe = str(BENCH.parent / "recipes" / "vit_to_deit.py")
+    assert load("compare_kd").main([recipe, "--seeds", "2", "--modes", "alone", "logit", "--set", "train.epochs=1",
+                                    "--set", "teacher.pretrain.epochs=1", "--out", str(out), "--tag", "t"]) == 0
+    result = json.loads((out / "t.json").read_text())["results"]["vit_to_deit"]["modes"]
+    assert len(result["alone"]["accuracy"]) == 2 and result["logit"]["paired_diff_mean"] == 0.0
+    assert (out / "t.md").read_text().count("| vit_to_deit |") == 3 and (out / "t.png").stat().st_size > 0
+
+
+def test_step_cost_reports_ratios(tmp_path):
+    assert load("step_cost").main(["--pairs", "vit", "--rounds", "2", "--warmup", "0", "--batch", "2",
+                                   "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "step_cost_cpu_none.json").read_text())["results"]["vit"]
+    assert results["step: logit KD"]["ratio"] == 1.0 and "step: KD + 8 pairs" in results
+
+
+def test_vs_peers_matches_timm_terms_exactly(tmp_path):
+    assert load("vs_peers").main(["--pairs", "vit", "--rounds", "1", "--warmup", "0", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "vs_peers.json").read_text())["results"]["vit"]
+    for mode in ("feat", "logit"):
+        assert results[mode]["abs_diff"]["featdistill"] == {"task": 0.0, "distill": 0.0, "loss": 0.0}
+        assert results[mode]["grad_diff"]["featdistill"] == 0.0
