@@ -21,6 +21,10 @@ class ShapeError(FeatdistillError, ValueError):
     """Two features that no adapter can bridge, or an adapter that produced the wrong shape."""
 
 
+class OutputTypeError(FeatdistillError, TypeError):
+    """A hooked layer produced something other than a tensor and no ``select=`` says which part to take."""
+
+
 class CaptureError(FeatdistillError, RuntimeError):
     """A hook saw something it cannot capture (a layer called twice, a layer that never ran)."""
 

@@ -9,7 +9,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from .errors import CaptureError, UnknownNameError, did_you_mean
+from .errors import CaptureError, OutputTypeError, UnknownNameError, did_you_mean
 
 Selector = Union[int, str, Callable[[Any], torch.Tensor], None]
 REPEAT_POLICIES = ("error", "first", "last", "stack")
@@ -85,7 +85,7 @@ def select_tensor(value: Any, select: Selector, where: str) -> torch.Tensor:
             hint += f" Keys: {list(value)}."
         elif isinstance(value, (tuple, list)):
             hint += f" It has {len(value)} items."
-        raise TypeError(f"{where} produced a {type(value).__name__}, not a tensor.{hint}")
+        raise OutputTypeError(f"{where} produced a {type(value).__name__}, not a tensor.{hint}")
     return value
 
 

@@ -97,11 +97,11 @@ def test_features_are_released_after_each_step():
             return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
 
     counts = []
-    for step in range(60):
+    for step in range(200):
         opt.zero_grad()
         d(X, Y)["loss"].backward()
         opt.step()
-        if step in (9, 59):
+        if step in (19, 199):
             counts.append(live_tensors())
         assert all(not h.store for h in d.student_hooks + d.teacher_hooks)
     assert counts[1] <= counts[0]
@@ -241,3 +241,13 @@ def test_distiller_copies_only_captures_that_inplace_ops_would_overwrite():
         assert d.student_hooks[0].inplace_layers == {"bn1"} == d.teacher_hooks[0].inplace_layers
         d(X, Y)["loss"].backward()  # would fail if the captured student tensor were the one ReLU overwrote
     assert seen["student_min"] < 0 and seen["teacher_min"] < 0, "bn1 must be captured before the in-place ReLU"
+
+
+@pytest.mark.parametrize("alpha, trained, untouched", [(1.0, "head", "head_dist"), (0.0, "head_dist", "head")])
+def test_distilled_deit_ce_on_class_head_kd_on_distillation_head(alpha, trained, untouched):
+    torch.manual_seed(0)
+    student = deit()
+    with Distiller(vit(depth=1), student, kd=LogitKD(alpha=alpha)) as d:
+        d(X, Y)["loss"].backward()
+    assert getattr(student, trained).weight.grad.abs().sum() > 0
+    assert getattr(student, untouched).weight.grad is None or getattr(student, untouched).weight.grad.abs().sum() == 0
