@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -33,6 +34,8 @@ from featdistill.run import main as run_main
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "out"
 MODES = {"alone": ["kd=None", "pairs=[]"], "logit": ["pairs=[]"], "feature": ["kd=None"], "both": []}
+LABELS = {"alone": "student alone", "logit": "logit KD", "feature": "feature KD (no logit KD)",
+          "both": "logit + feature KD (recipe)"}
 
 
 def train_once(recipe: Path, overrides: list[str], seed: int, workdir: Path) -> dict:
@@ -110,7 +113,8 @@ def plot(all_results: dict, path: Path) -> None:
     for i, mode in enumerate(modes):
         means = [100 * all_results[r]["modes"][mode]["accuracy_mean"] for r in recipes]
         stds = [100 * all_results[r]["modes"][mode]["accuracy_std"] for r in recipes]
-        ax.bar([j + i * width for j in range(len(recipes))], means, width, yerr=stds, capsize=3, label=mode)
+        ax.bar([j + i * width for j in range(len(recipes))], means, width, yerr=stds, capsize=3,
+               label=LABELS.get(mode, mode))
     lows = [100 * min(row["accuracy_mean"] - row["accuracy_std"] for row in all_results[r]["modes"].values())
             for r in recipes]
     ax.set_ylim(max(0, min(lows) - 5), 100)
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seeds))
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
             "torch": torch.__version__, "seeds": seeds, "modes": modes, "extra": args.extra,
-            "command": "python benchmarks/compare_kd.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+            "command": "python benchmarks/compare_kd.py " + shlex.join(sys.argv[1:] if argv is None else argv)}
     args.out.mkdir(parents=True, exist_ok=True)
     all_results = {}
     with tempfile.TemporaryDirectory() as tmp:
