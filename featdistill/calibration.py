@@ -28,14 +28,17 @@ class AutoWeights(nn.Module):
         self.register_buffer("ref_sum", torch.zeros(()))
         self.register_buffer("feat_sum", torch.zeros(n))
         self.register_buffer("seen", torch.zeros((), dtype=torch.long))
-
-    @property
-    def any_auto(self) -> bool:
-        return bool(self.auto.any())
+        self._frozen = False  # a Python flag, so finished calibration costs the step no device sync
 
     @property
     def calibrating(self) -> bool:
-        return self.any_auto and int(self.seen) < self.steps
+        if not self._frozen and int(self.seen) >= self.steps:
+            self._frozen = True
+        return not self._frozen
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._frozen = False  # a checkpoint taken mid-calibration resumes calibrating
 
     @torch.no_grad()
     def observe(self, reference: torch.Tensor, raw: torch.Tensor) -> None:

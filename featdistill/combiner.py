@@ -58,10 +58,9 @@ class LossCombiner:
             out["kd"] = soft_weight * kd_loss(kd_logits, teacher_logits, None, kd.temperature, mode=kd.mode)
         raw = [term.loss(*features[term.name]) for term in self.terms]
         if self.auto is not None and raw:
-            if self.auto.training:
-                reference = out.get("kd", out.get("task"))
-                if reference is not None:
-                    self.auto.observe(reference, torch.stack([r.detach().float() for r in raw]))
+            reference = out.get("kd", out.get("task"))
+            if self.auto.training and reference is not None and self.auto.calibrating:
+                self.auto.observe(reference, torch.stack([r.detach().float() for r in raw]))
             weights = list(self.auto.weights.unbind())
         else:
             weights = [term.weight for term in self.terms]

@@ -117,6 +117,8 @@ class Distiller(nn.Module):
             student.set_distilled_training(kd is not None)
         self.student_hooks: list[FeatureHooks] = []
         self.teacher_hooks: list[FeatureHooks] = []
+        self._student_groups: list[tuple[str, str]] = []
+        self._teacher_groups: list[tuple[str, str]] = []
         self.adapters = nn.ModuleList()
         self.plan_rows: list[dict[str, Any]] = []
         try:
@@ -141,11 +143,12 @@ class Distiller(nn.Module):
     @staticmethod
     def _tap(pair: Pair, side: str, model: nn.Module) -> tuple[tuple[str, str], str, Any]:
         """``((capture, repeat), hooked layer name, select)`` for one side of a pair. Attention pairs hook
-        the attention module's fused ``qkv`` linear and recompute the probabilities from its output."""
+        the attention module's fused ``qkv`` linear and recompute the probabilities from its output; their
+        group keeps the kind, so 'attention' and 'value_relation' on one module get separate hooks."""
         name = getattr(pair, side)
         if pair.capture in ATTENTION_KINDS:
             transform = qkv_transform(resolve_module(model, name), pair.capture)
-            return ("output", pair.repeat), f"{name}.qkv", transform
+            return (pair.capture, pair.repeat), f"{name}.qkv", transform
         select = pair.teacher_select if side == "teacher" and pair.teacher_select is not None else pair.select
         return (pair.capture, pair.repeat), name, select
 
@@ -160,9 +163,10 @@ class Distiller(nn.Module):
                 raise FeatdistillError(f"{side} layer {name!r} is paired twice with different select=; use one")
             layers[name] = select
         setattr(self, f"_{side}_taps", taps)
+        setattr(self, f"_{side}_groups", list(groups))
         hooks = [
-            FeatureHooks(model, list(layers), capture=capture, select=layers, repeat=repeat, detach=side == "teacher",
-                         clone="auto")
+            FeatureHooks(model, list(layers), capture="output" if capture in ATTENTION_KINDS else capture,
+                         select=layers, repeat=repeat, detach=side == "teacher", clone="auto")
             for (capture, repeat), layers in groups.items()
         ]
         for h in hooks:
@@ -221,22 +225,21 @@ class Distiller(nn.Module):
         try:
             self.student.eval()
             with torch.no_grad():
-                self._forward_captured(self.teacher, self.teacher_hooks, x)
-                self._forward_captured(self.student, self.student_hooks, x)
-                t_feats = {(h.capture, h.repeat): h.pop() for h in self.teacher_hooks}
-                s_feats = {(h.capture, h.repeat): h.pop() for h in self.student_hooks}
+                t_feats = self._capture("teacher", x)[1]
+                s_feats = self._capture("student", x)[1]
         finally:
             self.student.train(was_training)
             for h in self.teacher_hooks + self.student_hooks:
                 h.warn_inplace = True
         return s_feats, t_feats
 
-    @staticmethod
-    def _forward_captured(model: nn.Module, hooks: list[FeatureHooks], x: torch.Tensor) -> Any:
+    def _capture(self, side: str, x: torch.Tensor) -> tuple[Any, dict]:
+        """Run one model on ``x`` with its hooks armed: ``(output, {hook group: {layer: tensor}})``."""
+        model, hooks = getattr(self, side), getattr(self, f"{side}_hooks")
         for h in hooks:
             h.active = True
         try:
-            return model(x)
+            out = model(x)
         except BaseException:
             for h in hooks:
                 h.clear()
@@ -244,6 +247,7 @@ class Distiller(nn.Module):
         finally:
             for h in hooks:
                 h.active = False
+        return out, {group: h.pop() for group, h in zip(getattr(self, f"_{side}_groups"), hooks)}
 
     @staticmethod
     def _loss_fn(pair: Pair) -> Callable[..., torch.Tensor]:
@@ -266,11 +270,9 @@ class Distiller(nn.Module):
         t_feats: dict = {}
         if self.kd is not None or self.pairs:
             with torch.no_grad():
-                t_out = self._forward_captured(self.teacher, self.teacher_hooks, x)
-                t_feats = {(h.capture, h.repeat): h.pop() for h in self.teacher_hooks}
+                t_out, t_feats = self._capture("teacher", x)
             teacher_logits = (self.logits_from or (lambda o: split_logits(o)[0]))(t_out)
-        s_out = self._forward_captured(self.student, self.student_hooks, x)
-        s_feats = {(h.capture, h.repeat): h.pop() for h in self.student_hooks}
+        s_out, s_feats = self._capture("student", x)
         if self.logits_from is not None:
             task_logits = kd_logits = self.logits_from(s_out)
         else:

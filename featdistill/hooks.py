@@ -108,11 +108,15 @@ class _Capture:
         tensor = select_tensor(value, self.select, where)
         if owner.detach:
             tensor = tensor.detach()
-        if owner.clone is True or (owner.clone == "auto" and self.name in owner.inplace_layers):
+        store = owner.store
+        if owner.repeat == "first" and self.name in store:
+            return
+        # 'stack' keeps several tensors, so the version check below cannot watch them: always copy
+        if owner.clone is True or (owner.clone == "auto" and (self.name in owner.inplace_layers
+                                                              or owner.repeat == "stack")):
             tensor = tensor.clone()  # a later in-place op (e.g. ReLU(inplace=True) after bn1) would change it
         elif owner.clone == "auto":
             owner.versions[self.name] = tensor._version
-        store = owner.store
         if self.name not in store:
             store[self.name] = [tensor] if owner.repeat == "stack" else tensor
         elif owner.repeat == "error":

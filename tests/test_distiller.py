@@ -251,3 +251,24 @@ def test_distilled_deit_ce_on_class_head_kd_on_distillation_head(alpha, trained,
         d(X, Y)["loss"].backward()
     assert getattr(student, trained).weight.grad.abs().sum() > 0
     assert getattr(student, untouched).weight.grad is None or getattr(student, untouched).weight.grad.abs().sum() == 0
+
+
+def test_attention_and_value_relation_on_one_module_keep_their_own_maps():
+    torch.manual_seed(0)
+    teacher, student = vit(depth=1), vit(depth=1)
+    student.load_state_dict(teacher.state_dict())  # identical models: each term compares a map with itself
+    seen = {}
+
+    def recorder(kind):
+        def loss(s, t):
+            seen[kind] = t
+            return (s - t).abs().mean()
+        return loss
+
+    pairs = [Pair("blocks.0.attn", "blocks.0.attn", capture="attention", loss=recorder("attention"), name="a"),
+             Pair("blocks.0.attn", "blocks.0.attn", capture="value_relation", loss=recorder("values"), name="v")]
+    with Distiller(teacher, student, pairs, sample_input=X[:2]) as d, torch.no_grad():
+        d.eval()
+        out = d(X, Y)
+    assert out["feat/a"] == 0 and out["feat/v"] == 0
+    assert not torch.allclose(seen["attention"], seen["values"]), "value relations must not reuse attention maps"
