@@ -151,13 +151,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     student = distiller.export_student()
     torch.save(student.state_dict(), run_dir / "student.pt")
-    summary = finish(recipe, teacher, student, loaders, device, run_dir, teacher_source)
+    summary = finish(recipe, teacher, student, loaders, device, run_dir, teacher_source, trainer.history)
     print(summarize(summary))
     print(f"outputs in {run_dir}: summary.json, student.pt, metrics.jsonl, curves.png, checkpoint.pt")
     return 0
 
 
-def finish(recipe, teacher, student, loaders, device, run_dir: Path, teacher_source: str) -> dict:
+def finish(recipe, teacher, student, loaders, device, run_dir: Path, teacher_source: str,
+           history: list[dict]) -> dict:
     amp = recipe.train.amp
     student_acc = evaluate(student, loaders.test, device, amp)
     teacher_acc = evaluate(teacher, loaders.test, device, amp) if recipe.eval_teacher else float("nan")
@@ -169,16 +170,13 @@ def finish(recipe, teacher, student, loaders, device, run_dir: Path, teacher_sou
         "teacher_params": count_params(teacher), "student_params": count_params(student),
         "teacher_latency_ms": latency["teacher"], "student_latency_ms": latency["student"],
         "teacher_source": teacher_source, "epochs": recipe.train.epochs, "seed": recipe.train.seed,
-        "val_accuracy_history": [],
+        "val_accuracy_history": [e["val_accuracy"] for e in history],  # restored from the checkpoint on --resume
     }
-    metrics = run_dir / "metrics.jsonl"
-    epochs = [json.loads(line) for line in metrics.read_text().splitlines() if '"kind": "epoch"' in line]
-    summary["val_accuracy_history"] = [e["val_accuracy"] for e in epochs]
     summary["student_keeps"] = student_acc / teacher_acc if teacher_acc else None
     summary["size_ratio"] = summary["student_params"] / summary["teacher_params"]
     summary["speedup"] = latency["teacher"] / latency["student"]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_curves(metrics, run_dir / "curves.png")
+    plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
     return summary
 
 

@@ -136,10 +136,10 @@ class Trainer:
             keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= last_epoch]
             path.write_text("".join(line + "\n" for line in keep))
 
-    def _log(self, record: dict) -> None:
+    def _log(self, records: list[dict]) -> None:
         if self.run_dir:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write("".join(json.dumps(r) + "\n" for r in records))
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> list[dict]:
@@ -152,6 +152,7 @@ class Trainer:
             loaders.set_epoch(epoch)
             self.module.train()
             sums: dict[str, float] = {}
+            records: list[dict] = []  # written once per epoch, beside the checkpoint, not once per step
             seen, start = 0, time.perf_counter()
             bar = tqdm(loaders.train, desc=f"{self.desc} {epoch + 1}/{train.epochs}", leave=False,
                        disable=self.quiet, mininterval=1.0, dynamic_ncols=True)
@@ -161,9 +162,8 @@ class Trainer:
                 seen += y.numel()
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v * y.numel()
-                record = {"kind": "step", "epoch": epoch, "step": epoch * steps + i,
-                          "lr": self.scheduler.get_last_lr()[0], **terms}
-                self._log(record)
+                records.append({"kind": "step", "epoch": epoch, "step": epoch * steps + i,
+                                "lr": self.scheduler.get_last_lr()[0], **terms})
                 rate = seen / max(time.perf_counter() - start, 1e-9)
                 shown = {k.replace("feat/", ""): f"{v / seen:.3f}" for k, v in sums.items()}
                 bar.set_postfix(shown | {"img/s": f"{rate:.0f}"}, refresh=False)
@@ -172,10 +172,10 @@ class Trainer:
             summary = {"kind": "epoch", "epoch": epoch, "val_accuracy": val, "epoch_seconds": elapsed,
                        "images_per_s": seen / max(elapsed, 1e-9), **{k: v / max(seen, 1) for k, v in sums.items()}}
             self.history.append(summary)
-            self._log(summary)
+            self._log(records + [summary])
             if not self.quiet:
-                terms = " ".join(f"{k.replace('feat/', '')}={v / max(seen, 1):.3f}" for k, v in sums.items())
-                print(f"{self.desc} epoch {epoch + 1}/{train.epochs}: val {val:.2%}  {terms}  "
+                shown = " ".join(f"{k.replace('feat/', '')}={summary[k]:.3f}" for k in sums)
+                print(f"{self.desc} epoch {epoch + 1}/{train.epochs}: val {val:.2%}  {shown}  "
                       f"({elapsed:.1f} s, {summary['images_per_s']:.0f} img/s)", flush=True)
             if self.run_dir:
                 atomic_save(self.state(epoch), self.run_dir / CHECKPOINT)
@@ -184,16 +184,17 @@ class Trainer:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         with autocast(self.device, self.train.amp):
             terms = self.loss_fn(x, y)
-        loss = terms["loss"]
-        if not torch.isfinite(loss):
-            raise FeatdistillError(f"the loss became {loss.item()} ({ {k: v.item() for k, v in terms.items()} }). "
+        # every term in one transfer: a single device sync per step
+        values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
+        if not math.isfinite(values["loss"]):
+            raise FeatdistillError(f"the loss became {values['loss']} ({values}). "
                                    "Lower train.lr, enable train.clip_grad, or lower the feature weights.")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(terms["loss"]).backward()
         if self.train.clip_grad:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.module.parameters(), self.train.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return {k: v.item() for k, v in terms.items()}
+        return values

@@ -70,6 +70,8 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     resumed = torch.load(tmp_path / "cut" / "student.pt", weights_only=True)
     assert full.keys() == resumed.keys()
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+    history = [json.loads((tmp_path / d / "summary.json").read_text())["val_accuracy_history"] for d in ("full", "cut")]
+    assert len(history[0]) == 2 and history[0] == history[1]
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == sorted(epochs) and epochs.count(0) == epochs.count(1)
 
