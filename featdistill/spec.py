@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Union
 
 from .adapters import ADAPTERS
@@ -124,10 +124,8 @@ class AutoPairs:
         found = []
         if self.n_pairs is not None and (not isinstance(self.n_pairs, int) or self.n_pairs < 1):
             found.append(f"AutoPairs.n_pairs must be an integer >= 1 or None, got {self.n_pairs!r}")
-        probe = Pair("student", "teacher", loss=self.loss, adapter=self.adapter, weight=self.weight,
-                     normalize=self.normalize, auto_ratio=self.auto_ratio, name="AutoPairs")
-        return found + probe.problems()
+        return found + Pair("student", "teacher", name="AutoPairs", **self.pair_kwargs()).problems()
 
     def pair_kwargs(self) -> dict[str, Any]:
-        return {"loss": self.loss, "adapter": self.adapter, "weight": self.weight, "normalize": self.normalize,
-                "auto_ratio": self.auto_ratio}
+        """The fields every chosen ``Pair`` receives (all but ``n_pairs``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "n_pairs"}

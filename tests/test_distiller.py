@@ -211,6 +211,9 @@ def test_auto_pairs_by_relative_depth_show_in_the_plan():
         assert torch.isfinite(d(X, Y)["loss"])
     with Distiller(vit(depth=2), deit(depth=2), "auto", sample_input=X[:2]) as d:
         assert len(d.pairs) == 2
+    problems = "\n".join(AutoPairs(n_pairs=0, loss="mse2", weight=-1).problems())
+    assert "n_pairs must be an integer >= 1" in problems and "unknown loss 'mse2'" in problems
+    assert "weight must be a number >= 0" in problems
 
 
 def test_attention_pairs_recompute_maps_from_qkv_and_train():
