@@ -11,6 +11,12 @@ and each mode's seconds per epoch as a ratio to `logit`. Writes JSON, a markdown
     python benchmarks/compare_kd.py                                   # every shipped recipe, 5 seeds
     python benchmarks/compare_kd.py recipes/vit_to_deit.py --seeds 3 --modes alone both
     python benchmarks/compare_kd.py recipes/vit_to_deit.py --variant at="pairs.1.loss='attention_transfer'"
+
+Runs go to --jobs worker processes (default: one per CPU core, each single-threaded): these models are too
+small to keep two cores busy in one process, so two one-thread workers finish about 1.5x sooner. The thread
+count changes float summation order, so a seed's accuracy can differ from a plain `featdistill.run` with
+more threads; tables are comparable when made with the same --jobs (recorded in the JSON). Each teacher is
+trained (or loaded) once in the main process before the workers start, so they never race for the cache.
 """
 
 from __future__ import annotations
@@ -19,17 +25,23 @@ import argparse
 import contextlib
 import io
 import json
+import multiprocessing
+import os
 import platform
 import shlex
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
+from featdistill.data import make_loaders
+from featdistill.recipe import apply_overrides, check, load_recipe
 from featdistill.run import main as run_main
+from featdistill.teacher import cache_path, prepare_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "out"
@@ -60,17 +72,66 @@ def stats(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def compare(recipe: Path, modes: dict[str, list[str]], seeds: list[int], extra: list[str], workdir: Path) -> dict:
-    results: dict[str, dict] = {m: {"accuracy": [], "epoch_seconds": []} for m in modes}
-    teacher_acc = None
-    for seed in seeds:  # modes interleaved per seed, so drift on a shared machine hits all alike
-        for mode, overrides in modes.items():
-            summary = train_once(recipe, extra + overrides, seed, workdir)
-            results[mode]["accuracy"].append(summary["student_accuracy"])
-            results[mode]["epoch_seconds"].append(summary["epoch_seconds"])
-            teacher_acc = summary["teacher_accuracy"]
-            print(f"  {recipe.stem} seed {seed} {mode:>10s}: {summary['student_accuracy']:.2%}", flush=True)
-    base = "logit" if "logit" in modes else None
+def prepare_teachers(recipe: Path, modes: dict[str, list[str]], extra: list[str]) -> None:
+    """Train (or find) every teacher the modes need, here, before any worker asks the cache for it."""
+    seen = set()
+    for overrides in modes.values():
+        resolved = check(apply_overrides(load_recipe(recipe), extra + overrides), str(recipe))
+        if cache_path(resolved) in seen:
+            continue
+        seen.add(cache_path(resolved))
+        with contextlib.redirect_stdout(io.StringIO()):
+            prepare_teacher(resolved, make_loaders(resolved.data, resolved.train.batch_size), torch.device("cpu"),
+                            quiet=True)
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_task(task: tuple) -> dict:
+    recipe, overrides, seed, workdir = task
+    return train_once(recipe, overrides, seed, workdir)
+
+
+def run_all(recipes: list[Path], modes: dict[str, list[str]], seeds: list[int], extra: list[str], workdir: Path,
+            jobs: int, on_recipe_done) -> dict:
+    """Every (recipe, seed, mode) run; ``on_recipe_done(name, table)`` is called as each recipe completes."""
+    tasks = [(recipe, mode, seed) for recipe in recipes for seed in seeds for mode in modes]  # seed-major
+    summaries: dict[tuple, dict] = {}
+    remaining = {recipe: len(seeds) * len(modes) for recipe in recipes}
+    tables = {}
+
+    def record(key: tuple, summary: dict) -> None:
+        recipe, mode, seed = key
+        summaries[key] = summary
+        print(f"  {recipe.stem} seed {seed} {mode:>10s}: {summary['student_accuracy']:.2%}", flush=True)
+        remaining[recipe] -= 1
+        if remaining[recipe] == 0:
+            tables[recipe.stem] = tabulate({m: [summaries[(recipe, m, s)] for s in seeds] for m in modes})
+            on_recipe_done(recipe.stem, tables[recipe.stem])
+
+    for recipe in recipes:
+        print(f"{recipe.stem}: modes {list(modes)}, seeds {seeds}", flush=True)
+        prepare_teachers(recipe, modes, extra)
+    if jobs == 1:  # in this process, with all its threads
+        for key in tasks:
+            record(key, train_once(key[0], extra + modes[key[1]], key[2], workdir))
+        return tables
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(_run_task, (key[0], extra + modes[key[1]], key[2], workdir)) for key in tasks]
+        for key, future in zip(tasks, futures):  # in submission order, so the log and tables stay in order
+            record(key, future.result())
+    return tables
+
+
+def tabulate(runs: dict[str, list[dict]]) -> dict:
+    """Per mode: accuracy mean +- std over seeds, paired difference to `logit`, seconds/epoch ratio to `logit`."""
+    results = {m: {"accuracy": [r["student_accuracy"] for r in rs], "epoch_seconds": [r["epoch_seconds"] for r in rs]}
+               for m, rs in runs.items()}
+    base = "logit" if "logit" in results else None
     table = {}
     for mode, r in results.items():
         mean, std = stats(r["accuracy"])
@@ -81,11 +142,14 @@ def compare(recipe: Path, modes: dict[str, list[str]], seeds: list[int], extra: 
             row["paired_diff_mean"], row["paired_diff_std"] = stats(diffs)
             row["time_ratio"] = row["epoch_seconds_median"] / statistics.median(results[base]["epoch_seconds"])
         table[mode] = row
+    teacher_acc = next(iter(runs.values()))[0]["teacher_accuracy"]
     return {"teacher_accuracy": teacher_acc, "modes": table}
 
 
 def markdown(all_results: dict, meta: dict) -> str:
-    lines = [f"seeds {meta['seeds']}, {meta['date']}, {meta['machine']}, torch {meta['torch']}",
+    how = f"{meta['jobs']} jobs x {meta['threads_per_job']} threads" if "jobs" in meta else "1 job"
+    wall = f", {meta['wall_minutes']} min" if "wall_minutes" in meta else ""
+    lines = [f"seeds {meta['seeds']}, {meta['date']}, {meta['machine']}, {how}{wall}, torch {meta['torch']}",
              f"command: `{meta['command']}`", "",
              "| recipe | mode | test accuracy (mean +- std) | paired diff to logit KD | time/epoch vs logit KD |",
              "|---|---|---:|---:|---:|"]
@@ -137,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="extra", action="append", default=[], help="override applied to every mode")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--tag", default="compare_kd")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="parallel worker processes, each with cores/jobs threads (default: one per core); "
+                        "1 runs everything in this process")
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                    help="no training: combine earlier results (the modes they share) into one table and chart")
     args = p.parse_args(argv)
@@ -148,16 +215,23 @@ def main(argv: list[str] | None = None) -> int:
         name, _, overrides = variant.partition("=")
         modes[name] = [o for o in overrides.split(";") if o]
     seeds = list(range(args.seeds))
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-            "torch": torch.__version__, "seeds": seeds, "modes": modes, "extra": args.extra,
+    jobs = max(1, min(args.jobs, len(recipes) * len(seeds) * len(modes)))
+    threads = torch.get_num_threads() if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "jobs": jobs, "threads_per_job": threads, "torch": torch.__version__, "seeds": seeds, "modes": modes,
+            "extra": args.extra,
             "command": "python benchmarks/compare_kd.py " + shlex.join(sys.argv[1:] if argv is None else argv)}
     args.out.mkdir(parents=True, exist_ok=True)
     all_results = {}
+    start = time.perf_counter()
+
+    def done(name: str, table: dict) -> None:  # written after each recipe: a long run keeps what it has
+        all_results[name] = table
+        meta["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)
+        write(all_results, meta, args.out / args.tag)
+
     with tempfile.TemporaryDirectory() as tmp:
-        for recipe in recipes:
-            print(f"{recipe.stem}: modes {list(modes)}, seeds {seeds}", flush=True)
-            all_results[recipe.stem] = compare(recipe, modes, seeds, args.extra, Path(tmp))
-            write(all_results, meta, args.out / args.tag)  # after each recipe: a long run keeps what it has
+        run_all(recipes, modes, seeds, args.extra, Path(tmp), jobs, done)
     print(markdown(all_results, meta))
     return 0
 

@@ -1,7 +1,8 @@
 """The benchmark scripts run end to end at toy sizes (their numbers are checked in RESULTS.md, not here)."""
 
-import importlib.util
+import importlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,10 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """Imported by name from benchmarks/ on sys.path, so spawned worker processes can import it too."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +30,27 @@ def test_compare_kd_writes_paired_results(tmp_path):
     result = json.loads((out / "t.json").read_text())["results"]["vit_to_deit"]["modes"]
     assert len(result["alone"]["accuracy"]) == 2 and result["logit"]["paired_diff_mean"] == 0.0
     assert (out / "t.md").read_text().count("| vit_to_deit |") == 3 and (out / "t.png").stat().st_size > 0
+
+
+def test_compare_kd_parallel_workers_match_one_thread_in_process(tmp_path, monkeypatch):
+    """Two single-thread worker processes give the same accuracies as one single-thread process."""
+    import torch
+
+    recipe = str(BENCH.parent / "recipes" / "resnet_to_resnet.py")
+    common = [recipe, "--seeds", "2", "--modes", "logit", "both", "--set", "train.epochs=1",
+              "--set", "teacher.pretrain.epochs=1", "--set", "data.image_size=16", "--out", str(tmp_path)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert load("compare_kd").main(common + ["--jobs", "1", "--tag", "serial"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert load("compare_kd").main(common + ["--jobs", "2", "--tag", "parallel"]) == 0
+    serial, parallel = (json.loads((tmp_path / f"{t}.json").read_text()) for t in ("serial", "parallel"))
+    assert parallel["meta"]["jobs"] == 2
+    for mode in ("logit", "both"):
+        assert (serial["results"]["resnet_to_resnet"]["modes"][mode]["accuracy"]
+                == parallel["results"]["resnet_to_resnet"]["modes"][mode]["accuracy"])
 
 
 def test_step_cost_reports_ratios(tmp_path):
