@@ -54,6 +54,13 @@ def channel_layer_norm(x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:])
 
 
+def _positions(shape: tuple[int, ...]) -> int:
+    """Spatial positions of one sample: H*W of a map [C, H, W], N of tokens [N, C]."""
+    if len(shape) == 3:
+        return shape[1] * shape[2]
+    return shape[0] if len(shape) == 2 else 0
+
+
 class Distiller(nn.Module):
     """Teacher -> student distillation with logit KD and feature pairs, as one ``nn.Module``.
 
@@ -198,6 +205,12 @@ class Distiller(nn.Module):
                 adapter.train(was_training)
             except ShapeError as exc:
                 raise ShapeError(f"pair {pair.key!r}: {exc}") from None
+            if loss_name in CHANNEL_FREE and not attention and _positions(target_shape) == 1:
+                raise ShapeError(
+                    f"pair {pair.key!r}: {loss_name} compares where activation energy sits across positions, "
+                    f"but {pair.teacher!r} gives {list(target_shape)}: one position, so the normalised map is "
+                    "constant and the loss is always 0. Pair an earlier layer with a spatial size above 1x1."
+                )
             same = out_shape == target_shape
             if loss_name in CHANNEL_FREE and len(out_shape) == len(target_shape) >= 2:
                 drop = 0 if len(out_shape) == 3 else -1  # maps: channels first; tokens: last

@@ -5,6 +5,8 @@ scaled_dot_product_attention. The pair names each model's attention module; feat
 qkv linear and recomputes softmax(q k^T * scale) per head, leaving the model untouched. The 'attention'
 adapter mixes the student's heads into the teacher's (a learned convex combination) and resamples the
 student's 4x4 patch grid onto the teacher's 8x8 one; the class token is left out of the comparison.
+Measured on digits, 5 seeds (benchmarks/RESULTS.md): attention maps of the last two blocks beat logit KD
+alone; adding token-feature pairs, or distilling only the last block's attention, did not.
 
 Default: the embedded digits data (no download) and the same cached ViT teacher as vit_to_deit.py. For real
 models, e.g. `vit_base_patch16_224` (pretrained=True) -> `vit_tiny_patch16_224`, pair `blocks.11.attn` with
@@ -26,8 +28,8 @@ recipe = replace(
         kwargs=dict(img_size=16, patch_size=4, depth=3, embed_dim=48, num_heads=2),
     ),
     pairs=[
+        Pair(student="blocks.1.attn", teacher="blocks.1.attn", capture="attention", loss="attention_kl", weight=1.0),
         Pair(student="blocks.2.attn", teacher="blocks.2.attn", capture="attention", loss="attention_kl", weight=1.0),
-        Pair(student="blocks.2", teacher="blocks.2", loss="mse", normalize="teacher", weight=1.0),
     ],
     kd=LogitKD(temperature=4.0, alpha=0.5),
 )

@@ -38,7 +38,7 @@ def test_compare_kd_parallel_workers_match_one_thread_in_process(tmp_path, monke
 
     recipe = str(BENCH.parent / "recipes" / "resnet_to_resnet.py")
     common = [recipe, "--seeds", "2", "--modes", "logit", "both", "--set", "train.epochs=1",
-              "--set", "teacher.pretrain.epochs=1", "--set", "data.image_size=16", "--out", str(tmp_path)]
+              "--set", "teacher.pretrain.epochs=1", "--out", str(tmp_path)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -275,3 +275,12 @@ def test_attention_and_value_relation_on_one_module_keep_their_own_maps():
         out = d(X, Y)
     assert out["feat/a"] == 0 and out["feat/v"] == 0
     assert not torch.allclose(seen["attention"], seen["values"]), "value relations must not reuse attention maps"
+
+
+def test_attention_transfer_on_a_single_position_map_is_refused():
+    """A 1x1 map normalises to a constant: the term would be 0 forever, so the plan refuses it up front."""
+    teacher = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    student = timm.create_model("resnet10t", pretrained=False, num_classes=10)
+    with pytest.raises(ShapeError, match=r"one position.*spatial size above 1x1"):
+        Distiller(teacher, student, [Pair("layer4", "layer4", loss="attention_transfer")],
+                  sample_input=torch.randn(2, 3, 32, 32))
