@@ -12,11 +12,12 @@ and each mode's seconds per epoch as a ratio to `logit`. Writes JSON, a markdown
     python benchmarks/compare_kd.py recipes/vit_to_deit.py --seeds 3 --modes alone both
     python benchmarks/compare_kd.py recipes/vit_to_deit.py --variant at="pairs.1.loss='attention_transfer'"
 
-Runs go to --jobs worker processes (default: one per CPU core, each single-threaded): these models are too
-small to keep two cores busy in one process, so two one-thread workers finish about 1.5x sooner. The thread
-count changes float summation order, so a seed's accuracy can differ from a plain `featdistill.run` with
-more threads; tables are comparable when made with the same --jobs (recorded in the JSON). Each teacher is
-trained (or loaded) once in the main process before the workers start, so they never race for the cache.
+Runs go to --jobs worker processes (default: one per CPU core, each single-threaded; 1 when a GPU is
+visible). These models are too small to keep two cores busy in one process, so two one-thread workers
+finish about 1.5x sooner. The thread count changes float summation order, so a seed's accuracy can differ
+from a plain `featdistill.run` with more threads; tables are comparable when made with the same --jobs
+(recorded in the JSON). Each teacher is trained (or loaded) once in the main process before the workers
+start, so they never race for the cache.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import torch
 from featdistill.data import make_loaders
 from featdistill.recipe import apply_overrides, check, load_recipe
 from featdistill.run import main as run_main
+from featdistill.run import pick_device
 from featdistill.teacher import cache_path, prepare_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,8 +83,7 @@ def prepare_teachers(recipe: Path, modes: dict[str, list[str]], extra: list[str]
             continue
         seen.add(cache_path(resolved))
         with contextlib.redirect_stdout(io.StringIO()):
-            prepare_teacher(resolved, make_loaders(resolved.data, resolved.train.batch_size), torch.device("cpu"),
-                            quiet=True)
+            prepare_teacher(resolved, make_loaders(resolved.data, 1), pick_device("auto"), quiet=True)
 
 
 def _init_worker(threads: int) -> None:
@@ -201,12 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="extra", action="append", default=[], help="override applied to every mode")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--tag", default="compare_kd")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                   help="parallel worker processes, each with cores/jobs threads (default: one per core); "
-                        "1 runs everything in this process")
+    p.add_argument("--jobs", type=int, help="parallel worker processes, each with cores/jobs threads (default: one "
+                                            "per CPU core, or 1 with a GPU); 1 runs everything in this process")
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                    help="no training: combine earlier results (the modes they share) into one table and chart")
     args = p.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = 1 if torch.cuda.is_available() else (os.cpu_count() or 1)
+    if args.jobs < 1:
+        p.error(f"--jobs must be 1 or more, got {args.jobs}")
     if args.merge:
         return merge(args.merge, args.out / args.tag)
     recipes = args.recipes or sorted((ROOT / "recipes").glob("*.py"))

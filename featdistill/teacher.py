@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import make_loaders
 from .models import build_model, load_weights
 from .recipe import Recipe, to_dict
 from .trainer import Trainer, atomic_save
@@ -29,9 +30,15 @@ def cache_path(recipe: Recipe) -> Path:
 
 
 def prepare_teacher(recipe: Recipe, loaders, device: torch.device, quiet: bool = False) -> tuple[nn.Module, str]:
-    """The teacher, ready to distil from, and where it came from (a message for the summary)."""
-    teacher = build_model(recipe.teacher, loaders.num_classes, loaders.in_chans).to(device)
+    """The teacher, ready to distil from, and where it came from (a message for the summary).
+
+    A teacher trained here depends only on what its cache key holds (its spec, its training settings and seed,
+    the data): it is initialised from ``pretrain.seed`` and trained on loaders of its own batch size and seed,
+    never the student's, so the cached file is the same whichever run or student seed happened to make it."""
     spec = recipe.teacher
+    if spec.pretrain is not None:
+        torch.manual_seed(spec.pretrain.seed)
+    teacher = build_model(spec, loaders.num_classes, loaders.in_chans).to(device)
     if spec.pretrain is None:
         return teacher, f"checkpoint {spec.checkpoint}" if spec.checkpoint else "as built (no training)"
     path = cache_path(recipe)
@@ -49,7 +56,8 @@ def prepare_teacher(recipe: Recipe, loaders, device: torch.device, quiet: bool =
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         return {"loss": loss, "task": loss}
 
-    Trainer(teacher, loss_fn, loaders, spec.pretrain, device, teacher, desc="teacher", quiet=quiet).fit()
+    own = make_loaders(recipe.data, spec.pretrain.batch_size, seed=spec.pretrain.seed)
+    Trainer(teacher, loss_fn, own, spec.pretrain, device, teacher, desc="teacher", quiet=quiet).fit()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(teacher.state_dict(), path)
     return teacher, f"trained and cached at {path}"

@@ -126,3 +126,24 @@ def test_bad_checkpoint_file_exits_2(tmp_path, capsys):
     bad.write_text("not a checkpoint")
     assert main([VIT, "--set", f"teacher.checkpoint='{bad}'", "--set", "teacher.pretrain=None", "--dry-run"]) == 2
     assert "cannot read checkpoint" in capsys.readouterr().err
+
+
+def test_trained_teacher_depends_only_on_its_cache_key(tmp_path, monkeypatch):
+    """Neither the caller's RNG state nor the student's seed and batch size may change the cached teacher:
+    otherwise the file under one key would depend on which run happened to train it first."""
+    from featdistill.data import make_loaders
+    from featdistill.teacher import prepare_teacher
+
+    base = apply_overrides(load_recipe(ROOT / "recipes" / "resnet_to_resnet.py"),
+                           ["teacher.pretrain.epochs=1", "data.image_size=16"])
+    states = []
+    for i, student_settings in enumerate((["train.seed=0"], ["train.seed=3", "train.batch_size=16"])):
+        monkeypatch.setenv("FEATDISTILL_CACHE", str(tmp_path / f"cache{i}"))
+        recipe = apply_overrides(base, student_settings)
+        torch.manual_seed(100 + i)
+        loaders = make_loaders(recipe.data, recipe.train.batch_size, seed=recipe.train.seed)
+        teacher, source = prepare_teacher(recipe, loaders, torch.device("cpu"), quiet=True)
+        assert source.startswith("trained")
+        states.append(teacher.state_dict())
+    for key, value in states[0].items():
+        assert torch.equal(value, states[1][key]), key
