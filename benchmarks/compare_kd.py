@@ -70,6 +70,12 @@ def train_once(recipe: Path, overrides: list[str], seed: int, workdir: Path) -> 
     return summary
 
 
+def shell_join(argv: list[str]) -> str:
+    """A command line to paste: like shlex.join, but Python literals with single quotes go in double quotes."""
+    return " ".join(f'"{a}"' if shlex.quote(a) != a and not set(a) & set('"$`\\!') else shlex.quote(a)
+                    for a in argv)
+
+
 def stats(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -224,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "jobs": jobs, "threads_per_job": threads, "torch": torch.__version__, "seeds": seeds, "modes": modes,
             "extra": args.extra,
-            "command": "python benchmarks/compare_kd.py " + shlex.join(sys.argv[1:] if argv is None else argv)}
+            "command": "python benchmarks/compare_kd.py " + shell_join(sys.argv[1:] if argv is None else argv)}
     args.out.mkdir(parents=True, exist_ok=True)
     all_results = {}
     start = time.perf_counter()

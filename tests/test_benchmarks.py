@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -66,3 +67,9 @@ def test_vs_peers_matches_timm_terms_exactly(tmp_path):
     for mode in ("feat", "logit"):
         assert results[mode]["abs_diff"]["featdistill"] == {"task": 0.0, "distill": 0.0, "loss": 0.0}
         assert results[mode]["grad_diff"]["featdistill"] == 0.0
+
+
+def test_recorded_command_splits_back_into_the_same_arguments():
+    argv = ["recipes/a.py", "--variant", "x=pairs=[{'student':'layer2'}]", "--set", 'a="b"', "--set", "c=$HOME"]
+    command = load("compare_kd").shell_join(argv)
+    assert shlex.split(command) == argv and "\"x=pairs=[{'student':'layer2'}]\"" in command
