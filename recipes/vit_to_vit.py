@@ -5,8 +5,8 @@ scaled_dot_product_attention. The pair names each model's attention module; feat
 qkv linear and recomputes softmax(q k^T * scale) per head, leaving the model untouched. The 'attention'
 adapter mixes the student's heads into the teacher's (a learned convex combination) and resamples the
 student's 4x4 patch grid onto the teacher's 8x8 one; the class token is left out of the comparison.
-Measured on digits, 5 seeds (benchmarks/RESULTS.md): attention maps of the last two blocks beat logit KD
-alone; adding token-feature pairs, or distilling only the last block's attention, did not.
+Measured on digits, 5 seeds (benchmarks/RESULTS.md): the attention maps of the last two blocks beat logit KD
+alone; the last block's map alone or with its token features, and token features alone, did not.
 
 Default: the embedded digits data (no download) and the same cached ViT teacher as vit_to_deit.py. For real
 models, e.g. `vit_base_patch16_224` (pretrained=True) -> `vit_tiny_patch16_224`, pair `blocks.11.attn` with
