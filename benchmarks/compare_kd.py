@@ -201,7 +201,9 @@ def plot(all_results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipes", nargs="*", type=Path, help="default: every recipe in recipes/")
-    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=5, help="how many seeds")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds run from here: confirm a choice made on seeds 0-4 with --first-seed 5")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[;OVERRIDE]",
                    help="an extra mode: the recipe with these --set overrides, e.g. at=pairs.1.loss='at'")
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variant:
         name, _, overrides = variant.partition("=")
         modes[name] = [o for o in overrides.split(";") if o]
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     jobs = max(1, min(args.jobs, len(recipes) * len(seeds) * len(modes)))
     threads = torch.get_num_threads() if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",

@@ -26,9 +26,12 @@ def cache(tmp_path, monkeypatch):
 def test_compare_kd_writes_paired_results(tmp_path):
     out = tmp_path / "out"
     recipe = str(BENCH.parent / "recipes" / "vit_to_deit.py")
-    assert load("compare_kd").main([recipe, "--seeds", "2", "--modes", "alone", "logit", "--set", "train.epochs=1",
-                                    "--set", "teacher.pretrain.epochs=1", "--out", str(out), "--tag", "t"]) == 0
-    result = json.loads((out / "t.json").read_text())["results"]["vit_to_deit"]["modes"]
+    assert load("compare_kd").main([recipe, "--seeds", "2", "--first-seed", "3", "--modes", "alone", "logit",
+                                    "--set", "train.epochs=1", "--set", "teacher.pretrain.epochs=1",
+                                    "--out", str(out), "--tag", "t"]) == 0
+    saved = json.loads((out / "t.json").read_text())
+    assert saved["meta"]["seeds"] == [3, 4]
+    result = saved["results"]["vit_to_deit"]["modes"]
     assert len(result["alone"]["accuracy"]) == 2 and result["logit"]["paired_diff_mean"] == 0.0
     assert (out / "t.md").read_text().count("| vit_to_deit |") == 3 and (out / "t.png").stat().st_size > 0
 
@@ -48,7 +51,7 @@ def test_compare_kd_parallel_workers_match_one_thread_in_process(tmp_path, monke
         torch.set_num_threads(threads)
     assert load("compare_kd").main(common + ["--jobs", "2", "--tag", "parallel"]) == 0
     serial, parallel = (json.loads((tmp_path / f"{t}.json").read_text()) for t in ("serial", "parallel"))
-    assert parallel["meta"]["jobs"] == 2
+    assert parallel["meta"]["jobs"] == 2 and parallel["meta"]["seeds"] == [0, 1]
     for mode in ("logit", "both"):
         assert (serial["results"]["resnet_to_resnet"]["modes"][mode]["accuracy"]
                 == parallel["results"]["resnet_to_resnet"]["modes"][mode]["accuracy"])
