@@ -53,8 +53,8 @@ LABELS = {"alone": "student alone", "logit": "logit KD", "feature": "feature KD 
 
 
 def train_once(recipe: Path, overrides: list[str], seed: int, workdir: Path) -> dict:
-    """One quiet run; returns its summary plus the mean seconds per epoch."""
-    out = workdir / f"run-{time.time_ns()}"
+    """One quiet run; returns its summary plus the median seconds per epoch."""
+    out = Path(tempfile.mkdtemp(prefix=f"{recipe.stem}-seed{seed}-", dir=workdir))  # unique across workers
     argv = [str(recipe), "--quiet", "--out", str(out), "--set", f"train.seed={seed}"]
     for item in overrides:
         argv += ["--set", item]
@@ -92,19 +92,11 @@ def prepare_teachers(recipe: Path, modes: dict[str, list[str]], extra: list[str]
             prepare_teacher(resolved, make_loaders(resolved.data, 1), pick_device("auto"), quiet=True)
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-def _run_task(task: tuple) -> dict:
-    recipe, overrides, seed, workdir = task
-    return train_once(recipe, overrides, seed, workdir)
-
-
 def run_all(recipes: list[Path], modes: dict[str, list[str]], seeds: list[int], extra: list[str], workdir: Path,
-            jobs: int, on_recipe_done) -> dict:
+            jobs: int, threads: int, on_recipe_done) -> dict:
     """Every (recipe, seed, mode) run; ``on_recipe_done(name, table)`` is called as each recipe completes."""
     tasks = [(recipe, mode, seed) for recipe in recipes for seed in seeds for mode in modes]  # seed-major
+    args = [(recipe, extra + modes[mode], seed, workdir) for recipe, mode, seed in tasks]
     summaries: dict[tuple, dict] = {}
     remaining = {recipe: len(seeds) * len(modes) for recipe in recipes}
     tables = {}
@@ -122,13 +114,12 @@ def run_all(recipes: list[Path], modes: dict[str, list[str]], seeds: list[int], 
         print(f"{recipe.stem}: modes {list(modes)}, seeds {seeds}", flush=True)
         prepare_teachers(recipe, modes, extra)
     if jobs == 1:  # in this process, with all its threads
-        for key in tasks:
-            record(key, train_once(key[0], extra + modes[key[1]], key[2], workdir))
+        for key, a in zip(tasks, args):
+            record(key, train_once(*a))
         return tables
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
                              initargs=(threads,)) as pool:
-        futures = [pool.submit(_run_task, (key[0], extra + modes[key[1]], key[2], workdir)) for key in tasks]
+        futures = [pool.submit(train_once, *a) for a in args]
         for key, future in zip(tasks, futures):  # in submission order, so the log and tables stay in order
             record(key, future.result())
     return tables
@@ -243,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         write(all_results, meta, args.out / args.tag)
 
     with tempfile.TemporaryDirectory() as tmp:
-        run_all(recipes, modes, seeds, args.extra, Path(tmp), jobs, done)
+        run_all(recipes, modes, seeds, args.extra, Path(tmp), jobs, threads, done)
     print(markdown(all_results, meta))
     return 0
 
