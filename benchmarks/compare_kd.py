@@ -39,11 +39,11 @@ from pathlib import Path
 
 import torch
 
+from featdistill.cli.run import main as run_main
+from featdistill.cli.run import pick_device
+from featdistill.cli.teacher import cache_path, prepare_teacher
 from featdistill.data import make_loaders
 from featdistill.recipe import apply_overrides, check, load_recipe
-from featdistill.run import main as run_main
-from featdistill.run import pick_device
-from featdistill.teacher import cache_path, prepare_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "out"

@@ -1,6 +1,8 @@
-"""Recipes: frozen dataclasses describing a run, loading a recipe file, typed ``--set`` overrides, validation.
+"""Recipe files: loading one, typed ``--set`` overrides, validation of the whole recipe, and its JSON form.
 
-Loading a recipe builds nothing heavy: models are names or factories, so validation and ``--dry-run`` are cheap.
+The dataclasses a recipe is made of live in :mod:`featdistill.config` and are re-exported here, so a recipe file
+can write ``from featdistill.recipe import Model, Recipe, Train``. Loading a recipe builds nothing heavy: models
+are names or factories, so validation and ``--dry-run`` are cheap.
 """
 
 from __future__ import annotations
@@ -11,95 +13,16 @@ import json
 import runpy
 import traceback
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from types import UnionType
+from typing import Any, Union
 
-from .data import Data
+from .config import AutoPairs, Data, LogitKD, Model, Pair, Recipe, Train
 from .errors import RecipeError, did_you_mean
-from .spec import AutoPairs, LogitKD, Pair
+from .models import known_model
 
-try:
-    from types import UnionType  # `X | None` annotations (Python 3.10+)
-except ImportError:  # pragma: no cover
-    UnionType = None
-
-OPTIMIZERS = ("adamw", "sgd")
-AMP = ("none", "bf16", "fp16")
-
-
-@dataclass(frozen=True)
-class Train:
-    """Optimisation settings (student, or teacher when given as ``Model.pretrain``)."""
-
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    clip_grad: Union[float, None] = 1.0
-    label_smoothing: float = 0.0
-    amp: str = "none"
-    seed: int = 0
-
-    def problems(self, where: str = "train") -> list[str]:
-        found = []
-        for name in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                found.append(f"{where}.{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if not isinstance(self.lr, (int, float)) or self.lr <= 0:
-            found.append(f"{where}.lr must be > 0, got {self.lr!r}")
-        if self.optimizer not in OPTIMIZERS:
-            found.append(f"{where}.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.amp not in AMP:
-            found.append(f"{where}.amp must be one of {AMP}, got {self.amp!r}")
-        if not isinstance(self.warmup_epochs, (int, float)) or self.warmup_epochs < 0:
-            found.append(f"{where}.warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
-        if self.clip_grad is not None and (not isinstance(self.clip_grad, (int, float)) or self.clip_grad <= 0):
-            found.append(f"{where}.clip_grad must be > 0 or None, got {self.clip_grad!r}")
-        if not 0 <= self.label_smoothing < 1:
-            found.append(f"{where}.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        return found
-
-
-@dataclass(frozen=True)
-class Model:
-    """A model by name or factory.
-
-    Args:
-        name: a timm name (``'resnet18'`` or ``'timm:resnet18'``), ``'torchvision:resnet18'``, or a
-            callable ``factory(num_classes=..., in_chans=..., **kwargs) -> nn.Module``.
-        kwargs: keyword arguments for the constructor (``pretrained=True`` for real timm weights).
-        checkpoint: a ``state_dict`` file loaded with ``weights_only=True``.
-        pretrain: teacher only: train it on the task with these settings first; the result is cached
-            (keyed by model, data and seed) and reused by the next run.
-    """
-
-    name: Union[str, Callable[..., Any]]
-    kwargs: dict = field(default_factory=dict)
-    checkpoint: Union[str, None] = None
-    pretrain: Union[Train, None] = None
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything a run needs. ``kd=None`` trains with cross-entropy only; ``pairs=()`` adds no feature terms."""
-
-    teacher: Model
-    student: Model
-    pairs: Union[tuple, AutoPairs, str] = ()
-    kd: Union[LogitKD, None] = field(default_factory=LogitKD)
-    data: Data = field(default_factory=Data)
-    train: Train = field(default_factory=Train)
-    eval_teacher: bool = True
-
-    def __post_init__(self):
-        if self.pairs == "auto":
-            object.__setattr__(self, "pairs", AutoPairs())
-        if isinstance(self.pairs, list):
-            object.__setattr__(self, "pairs", tuple(self.pairs))
+__all__ = ["AutoPairs", "Data", "LogitKD", "Model", "Pair", "Recipe", "Train", "apply_overrides", "check", "dumps",
+           "load_recipe", "to_dict", "validate"]
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -143,7 +66,7 @@ def _allows(tp: Any, value: Any) -> bool:
     origin = typing.get_origin(tp)
     if tp is Any:
         return True
-    if origin is Union or (UnionType is not None and origin is UnionType):
+    if origin is Union or origin is UnionType:
         return any(_allows(arg, value) for arg in typing.get_args(tp))
     if tp is type(None):
         return value is None
@@ -226,8 +149,6 @@ def _model_problems(model: Any, where: str) -> list[str]:
         return [f"{where} must be a Model(...), got {type(model).__name__}"]
     found = []
     if isinstance(model.name, str):
-        from .models import known_model
-
         problem = known_model(model.name)
         if problem:
             found.append(f"{where}.name: {problem}")

@@ -32,7 +32,12 @@ def test_compare_kd_writes_paired_results(tmp_path):
     saved = json.loads((out / "t.json").read_text())
     assert saved["meta"]["seeds"] == [3, 4]
     result = saved["results"]["vit_to_deit"]["modes"]
-    assert len(result["alone"]["accuracy"]) == 2 and result["logit"]["paired_diff_mean"] == 0.0
+    alone, logit = result["alone"]["accuracy"], result["logit"]["accuracy"]
+    assert len(alone) == len(logit) == 2
+    # the paired difference is taken seed by seed against the logit-KD baseline
+    diffs = [a - b for a, b in zip(alone, logit)]
+    assert result["alone"]["paired_diff_mean"] == pytest.approx(sum(diffs) / 2)
+    assert result["alone"]["paired_diff_std"] == pytest.approx(abs(diffs[0] - diffs[1]) / 2 ** 0.5)
     assert (out / "t.md").read_text().count("| vit_to_deit |") == 3 and (out / "t.png").stat().st_size > 0
 
 
@@ -61,7 +66,11 @@ def test_step_cost_reports_ratios(tmp_path):
     assert load("step_cost").main(["--pairs", "vit", "--rounds", "2", "--warmup", "0", "--batch", "2",
                                    "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "step_cost_cpu_none.json").read_text())["results"]["vit"]
-    assert results["step: logit KD"]["ratio"] == 1.0 and "step: KD + 8 pairs" in results
+    steps = {name for name in results if name.startswith("step:")}
+    assert {"step: student only", "step: logit KD", "step: KD + 1 pair", "step: KD + 8 pairs"} <= steps
+    # every mode is reported against the logit-KD step of the same rounds (no timing is asserted)
+    for name in steps:
+        assert results[name]["median_ms"] > 0 and 0 < results[name]["ratio"] < float("inf"), name
 
 
 def test_vs_peers_matches_timm_terms_exactly(tmp_path):

@@ -1,9 +1,14 @@
 """Registry lookups and their errors."""
 
+import re
+from pathlib import Path
+
 import pytest
 
-from featdistill import ADAPTERS, LOSSES, UnknownNameError
+from featdistill import ADAPTERS, LOGIT_LOSSES, LOSSES, UnknownNameError
 from featdistill.registry import Registry
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_register_get_aliases_and_duplicates():
@@ -21,6 +26,20 @@ def test_register_get_aliases_and_duplicates():
     assert "unknown widget 'b'" in str(err.value) and "Known widgets: a, alias" in str(err.value)
 
 
-def test_shipped_registries_hold_the_documented_names():
-    assert {"mse", "smooth_l1", "cosine", "attention_transfer", "attention_transfer_tokens"} <= set(LOSSES)
-    assert {"identity", "linear", "mlp", "conv1x1", "tokens_to_map", "map_to_tokens", "tokens"} <= set(ADAPTERS)
+def readme_names(heading: str) -> set[str]:
+    """Backticked words of the README bullet that starts with ``- **<heading>**``."""
+    text = README.read_text()
+    start = text.index(f"- **{heading}**")
+    end = text.find("\n- **", start + 1)
+    return set(re.findall(r"`([a-z_0-9]+)`", text[start:end]))
+
+
+def test_shipped_registries_hold_exactly_the_documented_names():
+    losses = {"mse", "smooth_l1", "cosine", "attention_transfer", "at", "attention_transfer_tokens", "attention_kl",
+              "value_relation_kl", "attention_mse"}
+    adapters = {"identity", "linear", "mlp", "conv1x1", "resize", "tokens", "tokens_to_map", "map_to_tokens",
+                "attention"}
+    assert set(LOSSES) == losses and set(ADAPTERS) == adapters and set(LOGIT_LOSSES) == {"soft", "hard"}
+    # every registered name is documented where users look for it
+    assert losses - {"at"} <= readme_names("Losses") and adapters <= readme_names("Adapters")
+    assert {"soft", "hard"} <= readme_names("Losses")

@@ -1,0 +1,96 @@
+"""Adapters between declared token grids and feature maps: ``tokens``, ``tokens_to_map``, ``map_to_tokens``.
+Token layouts (prefix count, patch grid) come from the hints (see :mod:`.layout`); class/distillation tokens are
+dropped and patch tokens laid back on their grid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ..errors import ShapeError
+from .base import ADAPTERS, Adapter, mismatch
+from .layout import Shape, resize_map, split_tokens
+
+
+class TokensToMap(Adapter):
+    """``[B, p + h*w, C_s] -> [B, C_t, H_t, W_t]``: drop prefix tokens, lay tokens on their grid, 1x1 conv."""
+
+    def __init__(self, prefix: int, grid: Sequence[int], c_in: int, c_out: int, size: Sequence[int]):
+        super().__init__()
+        self.prefix, self.grid, self.size = prefix, tuple(grid), tuple(size)
+        self.proj = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = rearrange(x[:, self.prefix :], "b (h w) c -> b c h w", h=self.grid[0], w=self.grid[1])
+        return resize_map(self.proj(x), self.size)
+
+
+class MapToTokens(Adapter):
+    """``[B, C_s, H, W] -> [B, h*w, C_t]`` on the teacher's patch grid; ``target`` drops the
+    teacher's prefix tokens, so only patch tokens are compared."""
+
+    def __init__(self, c_in: int, c_out: int, grid: Sequence[int], teacher_prefix: int):
+        super().__init__()
+        self.grid, self.teacher_prefix = tuple(grid), teacher_prefix
+        self.proj = nn.Linear(c_in, c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(rearrange(resize_map(x, self.grid), "b c h w -> b (h w) c"))
+
+    def target(self, teacher: torch.Tensor) -> torch.Tensor:
+        return teacher[:, self.teacher_prefix :]
+
+
+class TokensToTokens(Adapter):
+    """``[B, p_s + h_s*w_s, C_s] -> [B, h_t*w_t, C_t]``: patch tokens resampled onto the teacher's
+    grid, then a linear projection; ``target`` drops the teacher's prefix tokens."""
+
+    def __init__(self, s_prefix: int, s_grid: Sequence[int], t_prefix: int, t_grid: Sequence[int],
+                 c_in: int, c_out: int):
+        super().__init__()
+        self.s_prefix, self.s_grid, self.t_prefix, self.t_grid = s_prefix, tuple(s_grid), t_prefix, tuple(t_grid)
+        self.proj = nn.Linear(c_in, c_out) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = rearrange(x[:, self.s_prefix :], "b (h w) c -> b c h w", h=self.s_grid[0], w=self.s_grid[1])
+        x = rearrange(resize_map(x, self.t_grid), "b c h w -> b (h w) c")
+        return self.proj(x)
+
+    def target(self, teacher: torch.Tensor) -> torch.Tensor:
+        return teacher[:, self.t_prefix :]
+
+
+def _grid(kind: str, student: Shape, teacher: Shape, side: str, n: int, prefix, grid) -> tuple[int, tuple]:
+    try:
+        return split_tokens(n, prefix, grid)
+    except ShapeError as exc:
+        raise mismatch(kind, student, teacher, f"the {side}'s {exc}") from None
+
+
+@ADAPTERS.register("tokens_to_map")
+def tokens_to_map(student: Shape, teacher: Shape, student_prefix=None, student_grid=None, **hints) -> Adapter:
+    if len(student) != 2 or len(teacher) != 3:
+        raise mismatch("tokens_to_map", student, teacher, "needs student tokens [N, C] and a teacher map [C, H, W]")
+    prefix, grid = _grid("tokens_to_map", student, teacher, "student", student[0], student_prefix, student_grid)
+    return TokensToMap(prefix, grid, student[1], teacher[0], teacher[1:])
+
+
+@ADAPTERS.register("map_to_tokens")
+def map_to_tokens(student: Shape, teacher: Shape, teacher_prefix=None, teacher_grid=None, **hints) -> Adapter:
+    if len(student) != 3 or len(teacher) != 2:
+        raise mismatch("map_to_tokens", student, teacher, "needs a student map [C, H, W] and teacher tokens [N, C]")
+    prefix, grid = _grid("map_to_tokens", student, teacher, "teacher", teacher[0], teacher_prefix, teacher_grid)
+    return MapToTokens(student[0], teacher[1], grid, prefix)
+
+
+@ADAPTERS.register("tokens")
+def tokens(student: Shape, teacher: Shape, student_prefix=None, student_grid=None, teacher_prefix=None,
+           teacher_grid=None, **hints) -> Adapter:
+    if len(student) != 2 or len(teacher) != 2:
+        raise mismatch("tokens", student, teacher, "both sides must be token sequences [N, C]")
+    s_prefix, s_grid = _grid("tokens", student, teacher, "student", student[0], student_prefix, student_grid)
+    t_prefix, t_grid = _grid("tokens", student, teacher, "teacher", teacher[0], teacher_prefix, teacher_grid)
+    return TokensToTokens(s_prefix, s_grid, t_prefix, t_grid, student[1], teacher[1])

@@ -1,0 +1,290 @@
+"""What to distil, as plain frozen dataclasses: ``LogitKD``, ``Pair``, ``AutoPairs``, ``Model``, ``Train``, ``Data``
+and ``Recipe``. Each has ``problems() -> list[str]``: every problem at once, each naming its fix.
+
+This module imports no torch, so recipes, launchers and tools can read and check a run's description without
+building anything. Names of losses and adapters are checked against their registries, which live with the torch
+code that fills them; ``problems()`` imports them on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import did_you_mean
+
+# How a Pair reads a layer: its output, its input, or (for a fused-qkv attention module) the attention
+# probabilities / MiniLM value relations [B, heads, N, N] recomputed from the qkv output. The one list of
+# capture kinds: featdistill.capture.taps builds one tap class per entry.
+CAPTURES = ("output", "input", "attention", "value_relation")
+REPEAT_POLICIES = ("error", "first", "last", "stack")  # a layer that runs more than once per forward
+NORMALIZE = (None, "teacher", "both")
+OPTIMIZERS = ("adamw", "sgd")
+AMP = ("none", "bf16", "fp16")
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}  # as the archives extract
+IMAGEFOLDER_LAYOUT = "ROOT/train/<class>/*.png|jpg, optionally ROOT/val/<class>/... and ROOT/test/<class>/..."
+
+
+def _registry(kind: str):
+    """The registry of ``'loss'``, ``'logit loss'`` or ``'adapter'`` names (imports torch, so only when asked)."""
+    if kind == "adapter":
+        from .adapters import ADAPTERS
+
+        return ADAPTERS
+    from .losses import LOGIT_LOSSES, LOSSES
+
+    return LOGIT_LOSSES if kind == "logit loss" else LOSSES
+
+
+def _unknown(where: str, kind: str, name: str, extra: tuple[str, ...] = ()) -> list[str]:
+    registry = _registry(kind)
+    if name in registry or name in extra:
+        return []
+    known = ", ".join([*extra, *registry])
+    return [f"{where}: unknown {kind} {name!r}.{did_you_mean(name, [*extra, *registry], 1)} Known: {known}"]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class LogitKD:
+    """Logit distillation: ``alpha * CE(s, y) + (1 - alpha) * loss(s, t)``.
+
+    Args:
+        temperature: softening temperature T of the soft targets.
+        alpha: weight of the hard-label cross-entropy.
+        loss: a name in ``featdistill.losses.LOGIT_LOSSES``: ``'soft'`` is Hinton's
+            ``KL(softmax(t/T) || softmax(s/T)) * T^2``, ``'hard'`` DeiT's cross-entropy to the teacher's argmax.
+        loss_kwargs: extra keyword arguments for the logit loss's constructor.
+    """
+
+    temperature: float = 4.0
+    alpha: float = 0.5
+    loss: str = "soft"
+    loss_kwargs: dict = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        found = []
+        if not _number(self.temperature) or self.temperature <= 0:
+            found.append(f"kd.temperature must be > 0 (usually 2..4), got {self.temperature!r}")
+        if not _number(self.alpha) or not 0 <= self.alpha <= 1:
+            found.append(f"kd.alpha must be in [0, 1] (the weight of the hard-label CE), got {self.alpha!r}")
+        if not isinstance(self.loss, str):
+            found.append(f"kd.loss must be a logit-loss name, got {self.loss!r}")
+        else:
+            found += _unknown("kd", "logit loss", self.loss)
+        if not isinstance(self.loss_kwargs, dict):
+            found.append(f"kd.loss_kwargs must be a dict, got {self.loss_kwargs!r}")
+        return found
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One feature pair: ``weight * loss(adapter(student_layer), teacher_layer)``.
+
+    Args:
+        student, teacher: module names as ``model.named_modules()`` gives them.
+        loss: a name in ``featdistill.losses.LOSSES``, a ``featdistill.losses.Loss`` (class or instance), or a
+            callable ``(student, teacher) -> scalar``.
+        adapter: a name in ``featdistill.adapters.ADAPTERS``, ``'auto'`` (chosen from the measured
+            shapes), a factory ``(student_shape, teacher_shape) -> nn.Module`` or a module.
+        weight: the term's weight, or ``'auto'``: calibrated over the first training steps so that the
+            term is ``auto_ratio`` times the logit-KD term (the task term without KD), then frozen.
+        auto_ratio: the target ratio for ``weight='auto'``.
+        select / teacher_select: pick the tensor from a tuple/dict output (index, key or callable);
+            ``teacher_select`` defaults to ``select``.
+        capture: one of ``CAPTURES``: the layer's ``'output'`` or ``'input'``, or ``'attention'`` /
+            ``'value_relation'`` for an attention module (timm ``blocks.3.attn``): maps ``[B, heads, N, N]``
+            recomputed from its ``qkv`` output (use ``loss='attention_kl'``; the 'auto' adapter mixes heads and
+            resamples tokens).
+        repeat: policy for a layer that runs more than once per forward (see ``FeatureHooks``).
+        normalize: ``'teacher'`` layer-normalises the teacher feature over channels at each position
+            before the loss (parameter-free), ``'both'`` does it to the adapted student feature too.
+        name: the key in the step's result, ``feat/<name>``; defaults to ``'<student>~<teacher>'``.
+        loss_kwargs / adapter_kwargs: extra keyword arguments for the loss / the adapter factory (e.g. the
+            token layout ``student_grid=(h, w), student_prefix=k``).
+    """
+
+    student: str
+    teacher: str
+    loss: Any = "mse"
+    adapter: Any = "auto"
+    weight: float | str = 1.0
+    select: Any = None
+    teacher_select: Any = None
+    capture: str = "output"
+    repeat: str = "error"
+    normalize: str | None = None
+    name: str | None = None
+    auto_ratio: float = 1.0
+    loss_kwargs: dict = field(default_factory=dict)
+    adapter_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.name or f"{self.student}~{self.teacher}"
+
+    def problems(self) -> list[str]:
+        where = f"pair {self.key!r}"
+        found = []
+        for side in ("student", "teacher"):
+            if not isinstance(getattr(self, side), str) or not getattr(self, side):
+                found.append(f"{where}: {side} must be a non-empty module name, got {getattr(self, side)!r}")
+        if isinstance(self.loss, str):
+            found += _unknown(where, "loss", self.loss)
+        elif not callable(self.loss):
+            found.append(f"{where}: loss must be a name, a Loss or a callable, got {self.loss!r}")
+        if isinstance(self.adapter, str):
+            found += _unknown(where, "adapter", self.adapter, extra=("auto",))
+        if self.weight != "auto" and (not _number(self.weight) or self.weight < 0):
+            found.append(f"{where}: weight must be a number >= 0 or 'auto', got {self.weight!r}")
+        if not _number(self.auto_ratio) or self.auto_ratio <= 0:
+            found.append(f"{where}: auto_ratio must be > 0, got {self.auto_ratio!r}")
+        if self.capture not in CAPTURES:
+            found.append(f"{where}: capture must be one of {CAPTURES}, got {self.capture!r}")
+        if self.repeat not in REPEAT_POLICIES:
+            found.append(f"{where}: repeat must be one of {REPEAT_POLICIES}, got {self.repeat!r}")
+        if self.normalize not in NORMALIZE:
+            found.append(f"{where}: normalize must be one of {NORMALIZE}, got {self.normalize!r}")
+        for name in ("loss_kwargs", "adapter_kwargs"):
+            if not isinstance(getattr(self, name), dict):
+                found.append(f"{where}: {name} must be a dict, got {getattr(self, name)!r}")
+        return found
+
+
+@dataclass(frozen=True)
+class AutoPairs:
+    """Pairs chosen by relative depth among the block-like modules of both models (TinyBERT's uniform
+    mapping: student block i <-> teacher block round((i + 1) * L_t / L_s) - 1, last blocks always paired).
+
+    ``n_pairs`` keeps that many, evenly spaced over the student's blocks (default: every student block);
+    the remaining fields are given to every ``Pair``. ``pairs='auto'`` means ``AutoPairs()``.
+    """
+
+    n_pairs: int | None = None
+    loss: Any = "mse"
+    adapter: Any = "auto"
+    weight: float | str = 1.0
+    normalize: str | None = None
+    auto_ratio: float = 1.0
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.n_pairs is not None and (not isinstance(self.n_pairs, int) or self.n_pairs < 1):
+            found.append(f"AutoPairs.n_pairs must be an integer >= 1 or None, got {self.n_pairs!r}")
+        return found + Pair("student", "teacher", name="AutoPairs", **self.pair_kwargs()).problems()
+
+    def pair_kwargs(self) -> dict[str, Any]:
+        """The fields every chosen ``Pair`` receives (all but ``n_pairs``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "n_pairs"}
+
+
+@dataclass(frozen=True)
+class Train:
+    """Optimisation settings (student, or teacher when given as ``Model.pretrain``)."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    clip_grad: float | None = 1.0
+    label_smoothing: float = 0.0
+    amp: str = "none"
+    seed: int = 0
+
+    def problems(self, where: str = "train") -> list[str]:
+        found = []
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                found.append(f"{where}.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not _number(self.lr) or self.lr <= 0:
+            found.append(f"{where}.lr must be > 0, got {self.lr!r}")
+        if self.optimizer not in OPTIMIZERS:
+            found.append(f"{where}.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.amp not in AMP:
+            found.append(f"{where}.amp must be one of {AMP}, got {self.amp!r}")
+        if not _number(self.warmup_epochs) or self.warmup_epochs < 0:
+            found.append(f"{where}.warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
+        if self.clip_grad is not None and (not _number(self.clip_grad) or self.clip_grad <= 0):
+            found.append(f"{where}.clip_grad must be > 0 or None, got {self.clip_grad!r}")
+        if not _number(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
+            found.append(f"{where}.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        return found
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model by name or factory.
+
+    Args:
+        name: a timm name (``'resnet18'`` or ``'timm:resnet18'``), ``'torchvision:resnet18'``, or a
+            callable ``factory(num_classes=..., in_chans=..., **kwargs) -> nn.Module``.
+        kwargs: keyword arguments for the constructor (``pretrained=True`` for real timm weights).
+        checkpoint: a ``state_dict`` file loaded with ``weights_only=True``.
+        pretrain: teacher only: train it on the task with these settings first; the result is cached
+            (keyed by model, data and seed) and reused by the next run.
+    """
+
+    name: str | Callable[..., Any]
+    kwargs: dict = field(default_factory=dict)
+    checkpoint: str | None = None
+    pretrain: Train | None = None
+
+
+@dataclass(frozen=True)
+class Data:
+    """Which dataset to load and how; frozen, so it doubles as the key of the prepared-tensor cache."""
+
+    name: str = "digits"  # one of DATASETS
+    root: str | None = None  # folder for cifar/imagefolder
+    image_size: int = 16  # images are resized to image_size x image_size
+    in_chans: int = 3  # 1 or 3; grey images are repeated to 3 channels when 3
+    augment: bool = True  # light augmentation on train only
+    val_size: float = 0.15  # fraction held out for validation where the dataset has no val split
+    test_size: float = 0.33  # digits only: fraction held out for test
+
+    def problems(self) -> list[str]:
+        """Every problem with these settings, each with its fix; empty when valid. Never raises, reads no files."""
+        found = []
+        if self.name not in DATASETS:
+            found.append(f"data.name {self.name!r} is not a known dataset; use one of {', '.join(DATASETS)}."
+                         + did_you_mean(str(self.name), DATASETS))
+        if not isinstance(self.image_size, int) or self.image_size < 4:
+            found.append(f"data.image_size must be an int >= 4 (16 suits digits, 32 CIFAR), got {self.image_size!r}")
+        if self.in_chans not in (1, 3):
+            found.append(f"data.in_chans must be 1 (grey) or 3 (RGB), got {self.in_chans!r}")
+        for name in ("val_size", "test_size"):
+            value = getattr(self, name)
+            if not _number(value) or not 0 < value < 1:
+                found.append(f"data.{name} must be a fraction strictly between 0 and 1 (e.g. 0.15), got {value!r}")
+        if self.name in ("cifar10", "cifar100", "imagefolder") and not self.root:
+            what = f"the folder that holds {CIFAR_FOLDERS[self.name]}/" if self.name in CIFAR_FOLDERS \
+                else IMAGEFOLDER_LAYOUT
+            found.append(f"data.root is required for {self.name!r}: set it to {what}")
+        return found
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a run needs. ``kd=None`` trains with cross-entropy only; ``pairs=()`` adds no feature terms."""
+
+    teacher: Model
+    student: Model
+    pairs: tuple | AutoPairs | str = ()
+    kd: LogitKD | None = field(default_factory=LogitKD)
+    data: Data = field(default_factory=Data)
+    train: Train = field(default_factory=Train)
+    eval_teacher: bool = True
+
+    def __post_init__(self):
+        if self.pairs == "auto":
+            object.__setattr__(self, "pairs", AutoPairs())
+        if isinstance(self.pairs, list):
+            object.__setattr__(self, "pairs", tuple(self.pairs))

@@ -1,0 +1,15 @@
+"""Data: datasets, loaders and the batch the Distiller reads.
+
+- :mod:`.batch`: ``Batch`` (``(x, y)``, ``(x, y, index)`` or a mapping of tensors) and ``IGNORE_INDEX``.
+- :mod:`.vision`: the embedded digits benchmark, CIFAR-10/100 and ImageFolder.
+- :mod:`.augment`: augmentation as a pure function of ``(seed, epoch, index)``.
+- :mod:`.loaders`: ``make_loaders`` (``DistributedSampler`` sharding), ``Loaders``, ``sample_batch``.
+
+``Data`` (the recipe's dataset settings) lives in :mod:`featdistill.config` and is re-exported here.
+"""
+
+from ..config import Data
+from .batch import IGNORE_INDEX, Batch
+from .loaders import Loaders, make_loaders, sample_batch
+
+__all__ = ["IGNORE_INDEX", "Batch", "Data", "Loaders", "make_loaders", "sample_batch"]

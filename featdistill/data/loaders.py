@@ -1,0 +1,91 @@
+"""Loaders over a prepared dataset: train (shuffled with ``DistributedSampler``, augmented, sharded by rank), val
+and test (fixed order, plain, every rank sees all).
+
+Every loader yields ``(x, y)`` or, with ``with_index=True``, ``(x, y, index)``: ``x`` float32 ``[B, C, S, S]``
+(``C = in_chans``, ``S = image_size``), ``y`` int64 ``[B]``, ``index`` int64 ``[B]`` (the samples' positions in
+their split, for losses with memory banks). Train order and augmentation are pure functions of
+``(seed, epoch, index)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ..config import Data
+from ..errors import FeatdistillError
+from .augment import Augment, mix_seed
+from .vision import prepare
+
+
+class _Split(Dataset):
+    """Wraps a base dataset of ``(x [C, S, S], label)``: augments (if any), then maps uint8 to normalised float32."""
+
+    def __init__(self, base: Dataset, augment: Augment | None = None, seed: int = 0,
+                 norm: tuple[torch.Tensor, torch.Tensor] | None = None, with_index: bool = False):
+        self.base, self.augment, self.seed, self.norm, self.with_index = base, augment, seed, norm, with_index
+        self.epoch = 0  # set by Loaders.set_epoch; workers get a fresh copy of it at every new iterator
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i]
+        if self.augment is not None:
+            x = self.augment(x, torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, i)))
+        if x.dtype == torch.uint8:  # CIFAR stays uint8 in memory: 150 MB instead of 600 MB for 50k images
+            mean, std = self.norm
+            x = (x.float().div_(255) - mean) / std
+        return (x, int(y), i) if self.with_index else (x, int(y))
+
+
+def _check(data: Data, extra: list[str] | None = None) -> None:
+    problems = data.problems() + (extra or [])
+    if problems:
+        raise FeatdistillError("invalid data settings:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass
+class Loaders:
+    """Train (shuffled, augmented, sharded), val and test (fixed order, plain, every rank sees all) loaders."""
+
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+    num_classes: int
+    in_chans: int
+    image_size: int
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before each epoch: reshuffles the train order and re-seeds its augmentation for ``epoch``."""
+        self.train.sampler.set_epoch(epoch)
+        self.train.dataset.epoch = epoch
+
+
+def make_loaders(data: Data, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 num_workers: int = 0, with_index: bool = False) -> Loaders:
+    """Loaders over ``data``; batches are ``(x float32 [B, C, S, S], y int64 [B])``, plus ``index int64 [B]`` with
+    ``with_index``. The train order is ``DistributedSampler``'s: a permutation seeded by ``seed + epoch``, padded to
+    a multiple of ``world_size``, rank ``r`` taking every ``world_size``-th item from ``r``. Raises
+    FeatdistillError."""
+    extra = [] if isinstance(batch_size, int) and batch_size >= 1 else [f"batch_size must be >= 1, got {batch_size!r}"]
+    if not (isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
+        extra.append(f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+    _check(data, extra)
+    prep = prepare(data)
+    train = _Split(prep.train, prep.augment if data.augment else None, seed, prep.norm, with_index)
+    sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    kw = dict(batch_size=batch_size, num_workers=num_workers)
+    return Loaders(train=DataLoader(train, sampler=sampler, **kw),
+                   val=DataLoader(_Split(prep.val, norm=prep.norm, with_index=with_index), shuffle=False, **kw),
+                   test=DataLoader(_Split(prep.test, norm=prep.norm, with_index=with_index), shuffle=False, **kw),
+                   num_classes=prep.num_classes, in_chans=data.in_chans, image_size=data.image_size)
+
+
+def sample_batch(data: Data, batch_size: int = 2) -> torch.Tensor:
+    """Zeros, float32 ``[B, C, S, S]``, for dry runs (shapes, hooks, adapters). Validates ``data`` but reads no files
+    and imports no sklearn (that import alone takes ~1 s), so it is instant for every dataset, digits included."""
+    _check(data)
+    return torch.zeros(batch_size, data.in_chans, data.image_size, data.image_size)

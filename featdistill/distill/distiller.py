@@ -1,0 +1,218 @@
+"""Distiller: a frozen teacher, a trainable student, adapters and losses, and the combined loss of one step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..capture import TapSet, auto_pairs, make_tap
+from ..config import AutoPairs, LogitKD, Pair
+from ..data.batch import Batch
+from ..errors import FeatdistillError
+from ..losses import LOGIT_LOSSES
+from .calibration import AutoWeights
+from .combiner import FeatureTerm, LossCombiner
+from .logits import split_logits
+from .plan import PlannedPair, format_plan, plan_pair
+from .teachers import LiveTeacher, Teacher
+
+_DEFAULT_KD = LogitKD()
+
+
+def channel_layer_norm(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free LayerNorm over channels at each position (dim 1 of maps, last dim otherwise)."""
+    if x.dim() == 4:
+        return F.layer_norm(x.movedim(1, -1), x.shape[1:2]).movedim(-1, 1)
+    return F.layer_norm(x, x.shape[-1:])
+
+
+def _problems(kd: LogitKD | None, pairs: list[Pair], has_sample: bool) -> list[str]:
+    found = (kd.problems() if kd is not None else []) + [p for pair in pairs for p in pair.problems()]
+    keys = [p.key for p in pairs]
+    found += [f"two pairs share the name {k!r}; give one a name=" for k in sorted({k for k in keys
+                                                                                  if keys.count(k) > 1})]
+    if pairs and not has_sample:
+        found.append("sample_input= is needed to measure feature shapes: pass one batch, "
+                     "e.g. torch.randn(2, 3, 224, 224)")
+    return found
+
+
+class Distiller(nn.Module):
+    """Teacher -> student distillation with logit KD and feature pairs, as one ``nn.Module``.
+
+    ``forward(x, y)`` gets the teacher's side of the step (the frozen teacher run in ``eval()`` under
+    ``no_grad``, or any other :class:`~featdistill.distill.teachers.Teacher`), runs the student on ``x``, reads
+    the hooked layers, applies the adapters and returns a dict of scalar tensors: ``'loss'`` (what to
+    backpropagate), ``'task'``, ``'kd'`` and ``'feat/<pair>'``. ``x`` is an input batch (e.g. ``[B, 3, H, W]``),
+    a mapping of model inputs (``input_ids [B, T]``, ``attention_mask``, ...; the model is called with
+    ``**x``) or a :class:`~featdistill.data.batch.Batch`; ``y`` labels ``[B]`` (or ``[B, T]`` tokens, -100
+    ignored); ``index`` ``[B]`` sample indices for losses that declare ``needs_index``.
+
+    Only the student, the adapters and the losses are registered submodules, so ``parameters()``,
+    ``state_dict()`` and ``DistributedDataParallel`` see exactly the trainable part; the teacher still follows
+    ``.to()``. ``close()`` (or leaving a ``with`` block) removes every hook; ``export_student()`` returns the
+    bare student.
+
+    Args:
+        teacher: a module returning logits ``[B, K]`` (see :func:`split_logits`), or a ``Teacher``.
+        student: the module to train.
+        pairs: :class:`Pair` list, or ``'auto'`` / :class:`AutoPairs` to pair blocks by relative depth.
+        kd: :class:`LogitKD`, or ``None`` for feature terms plus plain cross-entropy.
+        sample_input: one batch (as ``x``) used for a no-grad dry run that measures feature shapes (needed
+            when there are pairs).
+        logits_from: optional ``output -> logits`` callable for unusual model outputs.
+        calibration_steps: training steps over which ``Pair(weight='auto')`` weights are measured.
+        label_smoothing: for the task term's cross-entropy.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module | Teacher,
+        student: nn.Module,
+        pairs: Sequence[Pair] | AutoPairs | str = (),
+        kd: LogitKD | None = _DEFAULT_KD,
+        sample_input: Any = None,
+        logits_from: Callable[[Any], torch.Tensor] | None = None,
+        calibration_steps: int = 20,
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__()
+        source = teacher if isinstance(teacher, Teacher) else LiveTeacher(teacher, logits_from)
+        self.pairing_notes: list[str] = []
+        if pairs == "auto":
+            pairs = AutoPairs()
+        if isinstance(pairs, AutoPairs):
+            if pairs.problems():
+                raise FeatdistillError("cannot build the Distiller:\n  - " + "\n  - ".join(pairs.problems()))
+            pairs, self.pairing_notes = auto_pairs(source.model, student, pairs.n_pairs, **pairs.pair_kwargs())
+        pairs = list(pairs)
+        problems = _problems(kd, pairs, sample_input is not None)
+        if problems:
+            raise FeatdistillError("cannot build the Distiller:\n  - " + "\n  - ".join(problems))
+        self.student = student
+        # not submodules: the teacher is frozen, outside DDP and state_dict
+        object.__setattr__(self, "teacher", source.model)
+        object.__setattr__(self, "teacher_source", source)
+        self.pairs, self.kd, self.logits_from = pairs, kd, logits_from
+        if hasattr(student, "set_distilled_training"):  # timm distilled DeiT: return both heads in training
+            student.set_distilled_training(kd is not None)
+        self.student_taps: TapSet | None = None
+        self.adapters = nn.ModuleList()
+        self.planned: list[PlannedPair] = []
+        try:
+            taps = [make_tap(student, p.student, p.capture, p.select, p.repeat) for p in pairs]
+            self.student_taps = TapSet(student, taps, detach=False, side="student")
+            source.bind(pairs)
+            if pairs:
+                self._plan(sample_input)
+        except BaseException:
+            self.close()  # a failed build leaves no hook behind on the user's models
+            raise
+        auto = None
+        if any(p.weight == "auto" for p in pairs):
+            auto = AutoWeights([None if p.weight == "auto" else p.weight for p in pairs],
+                               [p.auto_ratio for p in pairs], steps=calibration_steps)
+        self.auto_weights = auto  # a submodule: its buffers travel with state_dict and DDP
+        self.feature_losses = nn.ModuleList(p.loss for p in self.planned)  # parameters train with the student
+        self.logit_loss = LOGIT_LOSSES.get(kd.loss)(kd.temperature, **kd.loss_kwargs) if kd is not None else None
+        self.combiner = LossCombiner(kd, [FeatureTerm(p.pair.key, p.loss, p.pair.weight, p.label)
+                                          for p in self.planned], auto, label_smoothing, self.logit_loss)
+
+    @property
+    def needs_index(self) -> bool:
+        """Whether a loss declared it needs sample indices (the loader must then yield ``(x, y, index)``)."""
+        return any(loss.needs_index for loss in self.feature_losses)
+
+    # -- construction -------------------------------------------------------------------------
+    def _plan(self, sample_input: Any) -> None:
+        """Dry run (one no-grad eval-mode forward of both models), then build and check each pair's adapter and
+        loss. The dry run also finds layers whose outputs are later modified in place: only those are copied."""
+        batch = self._batch(sample_input)
+        was_training = self.student.training
+        try:
+            self.student.eval()
+            with torch.no_grad():
+                t_feats = self.teacher_source(batch, need_logits=False).features
+                s_feats = self.student_taps.run(lambda: batch.run(self.student))[1]
+        finally:
+            self.student.train(was_training)
+        device = next((p.device for p in self.student.parameters()), torch.device("cpu"))
+        for pair, s, t in zip(self.pairs, s_feats, t_feats):
+            planned = plan_pair(pair, s, t, self.student, self.teacher, device)
+            self.adapters.append(planned.adapter)
+            self.planned.append(planned)
+
+    @staticmethod
+    def _batch(x: Any, y: torch.Tensor | None = None, index: torch.Tensor | None = None) -> Batch:
+        if isinstance(x, Batch):
+            return x
+        if isinstance(x, Mapping):
+            batch = Batch.of(x)
+            return Batch(batch.inputs, y if y is not None else batch.labels, index if index is not None
+                         else batch.index)
+        return Batch(x, y, index)
+
+    # -- training step ------------------------------------------------------------------------
+    def forward(self, x: Any, y: torch.Tensor | None = None,
+                index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One step's named scalar terms (see the class docstring for ``x``, ``y`` and ``index``)."""
+        batch = self._batch(x, y, index)
+        teacher_logits, t_feats = None, []
+        if self.kd is not None or self.pairs:
+            teacher_logits, t_feats = self.teacher_source(batch, need_logits=self.kd is not None)
+        s_out, s_feats = self.student_taps.run(lambda: batch.run(self.student))
+        if self.logits_from is not None:
+            task_logits = kd_logits = self.logits_from(s_out)
+        else:
+            task_logits, kd_logits = split_logits(s_out)
+        aligned = []
+        for pair, adapter, s, t in zip(self.pairs, self.adapters, s_feats, t_feats):
+            s, t = adapter(s), adapter.target(t)
+            if pair.normalize is not None:
+                t = channel_layer_norm(t)
+                if pair.normalize == "both":
+                    s = channel_layer_norm(s)
+            aligned.append((s, t))
+        return self.combiner(task_logits, kd_logits, teacher_logits, batch.labels, aligned,
+                             needs={"index": batch.index}, mask=batch.mask)
+
+    # -- housekeeping -------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def _apply(self, fn, recurse=True):  # .to()/.cuda()/.half() move the unregistered teacher too
+        super()._apply(fn, recurse)
+        if self.teacher is not None:
+            self.teacher._apply(fn, recurse)
+        return self
+
+    def plan(self) -> str:
+        """The pairs as built: student layer and shape -> adapter -> teacher layer and shape, loss, weight."""
+        return format_plan(self.teacher, self.student, self.adapters, self.planned, self.pairing_notes,
+                           repr(self.combiner))
+
+    def close(self) -> None:
+        """Remove every hook this Distiller attached (student and teacher)."""
+        if self.student_taps is not None:
+            self.student_taps.close()
+        self.teacher_source.close()
+
+    def export_student(self) -> nn.Module:
+        """Close the hooks and return the plain student (no hooks, no adapters), in eval mode."""
+        self.close()
+        if hasattr(self.student, "set_distilled_training"):
+            self.student.set_distilled_training(False)
+        return self.student.eval()
+
+    def __enter__(self) -> Distiller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,128 @@
+"""The plan: what the dry run measured and built for each pair, as typed rows, and its printout.
+
+One no-grad forward of both models on ``sample_input`` gives every paired feature's shape; from them each pair
+gets its adapter (``'auto'`` chooses from the shapes and the declared token layouts) and its loss module, and
+both are checked to produce equal shapes before any training step runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..adapters import Adapter, adapter_name, build_adapter, model_token_hints
+from ..adapters.base import count_params
+from ..config import Pair
+from ..errors import ShapeError
+from ..losses import Loss, build_loss
+
+
+@dataclass
+class PlannedPair:
+    """One pair as built. Shapes have no batch dim: ``compared_shape`` is what the loss sees on both sides."""
+
+    pair: Pair
+    student_shape: tuple[int, ...]
+    teacher_shape: tuple[int, ...]
+    compared_shape: tuple[int, ...]
+    adapter: Adapter
+    loss: Loss
+
+    @property
+    def adapter_name(self) -> str:
+        return adapter_name(self.adapter)
+
+    @property
+    def adapter_params(self) -> int:
+        return count_params(self.adapter)
+
+    @property
+    def loss_name(self) -> str:
+        return self.pair.loss if isinstance(self.pair.loss, str) else self.loss.label
+
+    @property
+    def label(self) -> str:
+        """The term in the printed formula, e.g. ``mse(LastDim(blocks.2), blocks.5)``."""
+        return f"{self.loss_name}({self.adapter_name}({self.pair.student}), {self.pair.teacher})"
+
+    def line(self) -> str:
+        p = self.pair
+        weight = p.weight if isinstance(p.weight, str) else format(p.weight, "g")
+        return (f"  {p.student} {list(self.student_shape)} -> {self.adapter_name} ({self.adapter_params:,} params)"
+                f" -> {p.teacher} {list(self.teacher_shape)}  loss={self.loss_name} weight={weight}"
+                + (f" normalize={p.normalize}" if p.normalize else ""))
+
+
+def _positions(shape: tuple[int, ...]) -> int:
+    """Spatial positions of one sample: H*W of a map [C, H, W], N of tokens [N, C]."""
+    if len(shape) == 3:
+        return shape[1] * shape[2]
+    return shape[0] if len(shape) == 2 else 0
+
+
+def _token_hints(model: nn.Module | None, shape: tuple[int, ...], attention: bool, side: str) -> dict:
+    """Token layout the model declares for this feature (attention maps [H, N, N]: for their N tokens)."""
+    n = shape[-1] if attention else (shape[0] if len(shape) == 2 else None)
+    return model_token_hints(model, n, side) if model is not None and n is not None else {}
+
+
+def plan_pair(pair: Pair, student_feat: torch.Tensor, teacher_feat: torch.Tensor, student: nn.Module,
+              teacher: nn.Module | None, device: torch.device) -> PlannedPair:
+    """Build and check the adapter and loss of ``pair`` from one dry-run capture of each side ``[B, ...]``."""
+    s_shape, t_shape = tuple(student_feat.shape[1:]), tuple(teacher_feat.shape[1:])
+    # attention maps [H, N, N]: captured as such, or declared by choosing their adapter
+    attention = pair.capture in ("attention", "value_relation") or pair.adapter == "attention"
+    hints = {**_token_hints(student, s_shape, attention, "student"),
+             **_token_hints(teacher, t_shape, attention, "teacher")}
+    try:
+        loss = build_loss(pair.loss, s_shape, t_shape, pair.loss_kwargs)
+        kind = "attention" if attention and pair.adapter == "auto" else pair.adapter
+        adapter = build_adapter(kind, s_shape, t_shape, loss.channel_free, loss.relational,
+                                **{**hints, **pair.adapter_kwargs})
+        adapter.to(device)
+        loss.to(device)
+        was_training = adapter.training
+        adapter.eval()
+        with torch.no_grad():
+            out_shape = tuple(adapter(student_feat.to(device)).shape[1:])
+            target_shape = tuple(adapter.target(teacher_feat.to(device)).shape[1:])
+        adapter.train(was_training)
+    except ShapeError as exc:
+        raise ShapeError(f"pair {pair.key!r}: {exc}") from None
+    planned = PlannedPair(pair, s_shape, t_shape, target_shape, adapter, loss)
+    name = planned.loss_name
+    if loss.channel_free and not attention and _positions(target_shape) == 1:
+        raise ShapeError(
+            f"pair {pair.key!r}: {name} compares where activation energy sits across positions, "
+            f"but {pair.teacher!r} gives {list(target_shape)}: one position, so the normalised map is "
+            "constant and the loss is always 0. Pair an earlier layer with a spatial size above 1x1."
+        )
+    same = out_shape == target_shape or loss.relational  # batch relations: any widths and positions
+    if loss.channel_free and len(out_shape) == len(target_shape) >= 2:
+        drop = 0 if len(out_shape) == 3 else len(out_shape) - 1  # maps: channels first; tokens: last
+        same = [d for i, d in enumerate(out_shape) if i != drop] == [d for i, d in enumerate(target_shape) if i != drop]
+    if not same:
+        raise ShapeError(
+            f"pair {pair.key!r}: adapter {planned.adapter_name} ({planned.adapter_params:,} params) maps student "
+            f"{list(s_shape)} to {list(out_shape)}, but the teacher gives {list(target_shape)}. Use adapter='auto' "
+            "or fix the custom adapter's output shape."
+        )
+    return planned
+
+
+def format_plan(teacher: nn.Module | None, student: nn.Module, adapters: nn.Module, planned: list[PlannedPair],
+                pairing_notes: list[str], formula: str) -> str:
+    """The printed plan: model sizes, one line per pair, how automatic pairs were chosen, the loss formula."""
+    lines = []
+    if teacher is not None:
+        lines.append(f"teacher {type(teacher).__name__}: {count_params(teacher):,} params (frozen)")
+    lines += [f"student {type(student).__name__}: {count_params(student):,} params",
+              f"adapters: {count_params(adapters):,} params"]
+    lines += [p.line() for p in planned]
+    if pairing_notes:
+        lines.append("pairs chosen automatically by relative depth (TinyBERT uniform mapping):")
+        lines += [f"  {note}" for note in pairing_notes]
+    lines.append(formula)
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""What a loss is to the Distiller: an ``nn.Module`` that declares what it needs.
+
+``LOSSES`` maps names to feature losses: a :class:`Loss` subclass, or a plain function
+``fn(student, teacher, **kwargs) -> scalar`` (argument order always ``(student, teacher)``). :func:`build_loss`
+turns either into a :class:`Loss` module; a function declares its needs with :func:`declares`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+LOSSES = Registry("loss")
+
+NEEDS = ("channel_free", "relational", "needs_index")
+
+
+class Loss(nn.Module):
+    """A feature loss: ``forward(student, teacher, **needs) -> scalar tensor``.
+
+    Class attributes declare what it needs, so the Distiller prepares it without knowing the method:
+
+    - ``channel_free``: compares where energy sits across positions (attention transfer): widths may differ,
+      so the ``'auto'`` adapter only aligns positions.
+    - ``relational``: compares relations among the batch's samples (``[B, B]`` similarities): any widths and
+      positions; the ``'auto'`` adapter is the identity and shapes are not required to match.
+    - ``needs_index``: ``forward`` also receives ``index=`` ``[B]`` int64 dataset indices of the batch's
+      samples (memory banks); the runner's loaders then yield ``(x, y, index)``.
+
+    A loss with learnable parameters (projection heads, learned variances) registers them as any module does:
+    the Distiller holds its losses as submodules, so they train, checkpoint and sync (DDP) with the student.
+    Shapes (no batch dim) reach ``build``, which subclasses override to size their parameters.
+    """
+
+    channel_free: ClassVar[bool] = False
+    relational: ClassVar[bool] = False
+    needs_index: ClassVar[bool] = False
+
+    @classmethod
+    def build(cls, student_shape: Sequence[int], teacher_shape: Sequence[int], **kwargs: Any) -> Loss:
+        return cls(**kwargs)
+
+    @property
+    def has_parameters(self) -> bool:
+        return any(True for _ in self.parameters())
+
+    @property
+    def label(self) -> str:
+        """How the plan and the formula name this loss."""
+        return type(self).__name__
+
+
+class FunctionLoss(Loss):
+    """A plain function ``fn(student, teacher, **kwargs) -> scalar`` as a :class:`Loss`; its needs are read from
+    the attributes :func:`declares` sets (absent: none)."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], **kwargs: Any):
+        super().__init__()
+        self.fn, self.kwargs = fn, kwargs
+        for need in NEEDS:  # instance attributes shadow the class defaults
+            setattr(self, need, bool(getattr(fn, need, False)))
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, **needs: Any) -> torch.Tensor:
+        if self.needs_index:
+            return self.fn(student, teacher, **needs, **self.kwargs)
+        return self.fn(student, teacher, **self.kwargs)
+
+    @property
+    def label(self) -> str:
+        return getattr(self.fn, "__name__", "custom")
+
+    def extra_repr(self) -> str:
+        return f"{self.label}, {self.kwargs}" if self.kwargs else self.label
+
+
+def declares(channel_free: bool = False, relational: bool = False, needs_index: bool = False):
+    """Decorator for a plain loss function: what it needs (see :class:`Loss`)."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.channel_free, fn.relational, fn.needs_index = channel_free, relational, needs_index
+        return fn
+
+    return mark
+
+
+def build_loss(spec: Any, student_shape: Sequence[int], teacher_shape: Sequence[int],
+               kwargs: dict | None = None) -> Loss:
+    """A :class:`Loss` module from a registered name, a ``Loss`` subclass or instance, or a plain callable."""
+    kwargs = dict(kwargs or {})
+    entry = LOSSES.get(spec) if isinstance(spec, str) else spec
+    if isinstance(entry, Loss):
+        if kwargs:
+            raise TypeError("loss_kwargs cannot be applied to a Loss instance; configure it before passing it")
+        return entry
+    if isinstance(entry, type) and issubclass(entry, Loss):
+        return entry.build(tuple(student_shape), tuple(teacher_shape), **kwargs)
+    return FunctionLoss(entry, **kwargs)
