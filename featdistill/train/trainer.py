@@ -32,7 +32,7 @@ def make_optimizer(params, train) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay,
-                               nesterov=True)
+                               nesterov=train.momentum > 0)  # torch refuses Nesterov without momentum
     return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
 
 
@@ -138,13 +138,14 @@ class Trainer:
                        disable=self.quiet, mininterval=1.0, dynamic_ncols=True)
             for i, raw in enumerate(bar):
                 batch = Batch.of(raw).to(self.device, non_blocking=True)
+                lr = self.scheduler.get_last_lr()[0]  # the rate this step trains at (step() advances it)
                 terms = self.step(batch)
                 n = batch.size
                 seen += n
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v * n
                 records.append({"kind": "step", "epoch": epoch, "step": epoch * steps + i,
-                                "lr": self.scheduler.get_last_lr()[0], **terms})
+                                "lr": lr, **terms})
                 rate = seen / max(time.perf_counter() - start, 1e-9)
                 shown = {k.replace("feat/", ""): f"{v / seen:.3f}" for k, v in sums.items()}
                 bar.set_postfix(shown | {"img/s": f"{rate:.0f}"}, refresh=False)
