@@ -10,13 +10,13 @@ Importing this package registers every shipped adapter in ``ADAPTERS``.
 """
 
 from .attention import AttentionAdapter, mixing_init
-from .base import ADAPTERS, Adapter, Identity, adapter_name, auto_kind, build_adapter, describe
+from .base import ADAPTERS, Adapter, Identity, adapter_name, auto_kind, build_adapter
 from .layout import Layout, model_token_hints, resize_map, split_tokens
 from .maps import Conv1x1, LastDim, Resize
 from .tokens import MapToTokens, TokensToMap, TokensToTokens
 
 __all__ = [
     "ADAPTERS", "Adapter", "AttentionAdapter", "Conv1x1", "Identity", "LastDim", "Layout", "MapToTokens", "Resize",
-    "TokensToMap", "TokensToTokens", "adapter_name", "auto_kind", "build_adapter", "describe", "mixing_init",
+    "TokensToMap", "TokensToTokens", "adapter_name", "auto_kind", "build_adapter", "mixing_init",
     "model_token_hints", "resize_map", "split_tokens",
 ]

@@ -116,12 +116,3 @@ def build_adapter(spec, student: Shape, teacher: Shape, channel_free: bool = Fal
 def adapter_name(adapter: nn.Module) -> str:
     """The adapter's class name (a user module's own, when wrapped)."""
     return type(adapter.module if isinstance(adapter, Wrapped) else adapter).__name__
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def describe(adapter: nn.Module) -> str:
-    """Short name plus parameter count, for the plan printout."""
-    return f"{adapter_name(adapter)} ({count_params(adapter):,} params)"

@@ -81,18 +81,19 @@ class Distiller(nn.Module):
         label_smoothing: float = 0.0,
     ):
         super().__init__()
-        source = teacher if isinstance(teacher, Teacher) else LiveTeacher(teacher, logits_from)
+        teacher_model = teacher.model if isinstance(teacher, Teacher) else teacher
         self.pairing_notes: list[str] = []
         if pairs == "auto":
             pairs = AutoPairs()
         if isinstance(pairs, AutoPairs):
             if pairs.problems():
                 raise FeatdistillError("cannot build the Distiller:\n  - " + "\n  - ".join(pairs.problems()))
-            pairs, self.pairing_notes = auto_pairs(source.model, student, pairs.n_pairs, **pairs.pair_kwargs())
+            pairs, self.pairing_notes = auto_pairs(teacher_model, student, pairs.n_pairs, **pairs.pair_kwargs())
         pairs = list(pairs)
         problems = _problems(kd, pairs, sample_input is not None)
         if problems:
             raise FeatdistillError("cannot build the Distiller:\n  - " + "\n  - ".join(problems))
+        source = teacher if isinstance(teacher, Teacher) else LiveTeacher(teacher, logits_from)
         self.student = student
         # not submodules: the teacher is frozen, outside DDP and state_dict
         object.__setattr__(self, "teacher", source.model)
@@ -118,14 +119,11 @@ class Distiller(nn.Module):
                                [p.auto_ratio for p in pairs], steps=calibration_steps)
         self.auto_weights = auto  # a submodule: its buffers travel with state_dict and DDP
         self.feature_losses = nn.ModuleList(p.loss for p in self.planned)  # parameters train with the student
+        # a loss declared it needs sample indices: the loader must yield (x, y, index)
+        self.needs_index = any(loss.needs_index for loss in self.feature_losses)
         self.logit_loss = LOGIT_LOSSES.get(kd.loss)(kd.temperature, **kd.loss_kwargs) if kd is not None else None
         self.combiner = LossCombiner(kd, [FeatureTerm(p.pair.key, p.loss, p.pair.weight, p.label)
                                           for p in self.planned], auto, label_smoothing, self.logit_loss)
-
-    @property
-    def needs_index(self) -> bool:
-        """Whether a loss declared it needs sample indices (the loader must then yield ``(x, y, index)``)."""
-        return any(loss.needs_index for loss in self.feature_losses)
 
     # -- construction -------------------------------------------------------------------------
     def _plan(self, sample_input: Any) -> None:
@@ -161,6 +159,11 @@ class Distiller(nn.Module):
                 index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One step's named scalar terms (see the class docstring for ``x``, ``y`` and ``index``)."""
         batch = self._batch(x, y, index)
+        if self.needs_index and batch.index is None:
+            raise FeatdistillError(
+                f"the loss of pair(s) {[p.pair.key for p in self.planned if p.loss.needs_index]} needs each "
+                "sample's dataset index: call distiller(x, y, index), or have the loader yield (x, y, index) "
+                "(featdistill.data.make_loaders(..., with_index=True))")
         teacher_logits, t_feats = None, []
         if self.kd is not None or self.pairs:
             teacher_logits, t_feats = self.teacher_source(batch, need_logits=self.kd is not None)

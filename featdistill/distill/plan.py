@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from ..adapters import Adapter, adapter_name, build_adapter, model_token_hints
-from ..adapters.base import count_params
 from ..config import Pair
 from ..errors import ShapeError
 from ..losses import Loss, build_loss
+from ..models import count_params
 
 
 @dataclass

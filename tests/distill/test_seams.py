@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from featdistill import LOGIT_LOSSES, Batch, Distiller, LogitKD, LogitLoss, Loss, Pair, Teacher, TeacherOutputs
 from featdistill.config import Train
+from featdistill.errors import FeatdistillError
 from featdistill.train import Trainer
 
 
@@ -78,6 +79,8 @@ def test_a_loss_that_needs_indices_gets_them_from_an_indexed_loader():
     loss = IndexedMemory(n)
     d = Distiller(teacher, student, [Pair("0", "0", loss=loss)], sample_input=X[:2])
     assert d.needs_index and d.feature_losses[0] is loss
+    with pytest.raises(FeatdistillError, match="needs each sample's dataset index.*with_index=True"):
+        d(X, Y)  # a loader without indices is told how to give them
     assert any(name.endswith("seen") for name in d.state_dict()), "the loss's memory is checkpointed with the student"
 
     class Loaders:  # what the Trainer needs of featdistill's loaders
