@@ -6,6 +6,7 @@ loaders (:mod:`.loaders`) wrap them. Splits never depend on any seed: they are p
 
 from __future__ import annotations
 
+import codecs
 import math
 import os
 import pickle
@@ -33,6 +34,37 @@ _CIFAR = {
                  "cifar-100-python.tar.gz", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 _LUMA = (0.299, 0.587, 0.114)  # RGB -> grey weights (ITU-R 601, what PIL's convert('L') uses)
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it to rebuild bytes: latin-1 text only, no other codec."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refused _codecs.encode({type(text).__name__}, {encoding!r}): only latin-1 text")
+    return codecs.encode(text, "latin1")
+
+
+# pickle calls whatever a file names, so a CIFAR batch may name only what rebuilds numpy arrays and bytes. The objects
+# come from numpy itself: no module is imported because a data file says so.
+_CIFAR_GLOBALS = {
+    **{(mod, "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0]
+       for mod in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(mod, "_frombuffer"): np.zeros(1).__reduce_ex__(5)[0]  # protocol 5 (Python 3.14's default)
+       for mod in ("numpy.core.numeric", "numpy._core.numeric")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only ``_CIFAR_GLOBALS``: a crafted file cannot make it run code."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _CIFAR_GLOBALS[module, name]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused global {module}.{name} (a CIFAR batch holds only dicts, lists, "
+                                         "strings and numpy arrays)") from None
 
 
 class Prepared(NamedTuple):
@@ -94,13 +126,37 @@ def _cifar(data: Data) -> Prepared:
                 f"extract it into {root}, so that {os.path.join(root, sub, train_files[0])} exists "
                 "(featdistill never downloads).")
 
+    def load(path: str) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 ``[N, 3072]`` pixels and int64 ``[N]`` labels of one batch file, or FeatdistillError."""
+        try:
+            with open(path, "rb") as f:
+                batch = _CifarUnpickler(f, encoding="latin1").load()
+            if not isinstance(batch, dict):
+                raise ValueError(f"it holds a {type(batch).__name__}, not a dict")
+            batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+            missing = [k for k in ("data", label_key) if k not in batch]
+            if missing:
+                raise ValueError(f"it has no {' or '.join(repr(k) for k in missing)} entry")
+            pixels = np.asarray(batch["data"], dtype=np.uint8)
+            labels = np.asarray(batch[label_key], dtype=np.int64)
+            if pixels.ndim != 2 or pixels.shape[1] != 3 * 32 * 32 or labels.shape != pixels.shape[:1]:
+                raise ValueError(f"'data' has shape {pixels.shape} and {label_key!r} shape {labels.shape}; "
+                                 f"expected [N, 3072] and [N]")
+            if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+                raise ValueError(f"{label_key!r} holds labels outside 0..{num_classes - 1}")
+        except Exception as e:  # whatever a damaged or crafted file raises: refused global, truncation, garbage
+            why = str(e).rstrip(".")
+            raise FeatdistillError(
+                f"cannot read {title} file {path}: {why}. It must be an unmodified file from {archive} ({CIFAR_URL}); "
+                "featdistill refuses anything else in a data file, and never runs code from one.") from e
+        return pixels, labels
+
     def read(names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 ``[N, in_chans, S, S]`` and int64 ``[N]``; floats only a chunk at a time, to bound memory."""
         xs, ys = [], []
         for name in names:
-            with open(os.path.join(folder, name), "rb") as f:  # pickle: only point root at files you trust
-                batch = pickle.load(f, encoding="latin1")
-            x = torch.from_numpy(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))  # RGB planes
+            pixels, labels = load(os.path.join(folder, name))
+            x = torch.from_numpy(pixels.reshape(-1, 3, 32, 32))  # RGB planes
             for part in x.split(5000):
                 part = part.float()
                 if data.in_chans == 1:
@@ -108,7 +164,7 @@ def _cifar(data: Data) -> Prepared:
                 if s != 32:
                     part = F.interpolate(part, size=(s, s), mode="bilinear", align_corners=False, antialias=s < 32)
                 xs.append(part.round_().clamp_(0, 255).to(torch.uint8))
-            ys.append(torch.as_tensor(np.asarray(batch[label_key], dtype=np.int64)))
+            ys.append(torch.from_numpy(labels))
         return torch.cat(xs), torch.cat(ys)
 
     (x, y), (x_test, y_test) = read(train_files), read(test_files)
@@ -119,6 +175,28 @@ def _cifar(data: Data) -> Prepared:
     parts = [TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val]), TensorDataset(x_test, y_test)]
     aug = Augment(pad=max(1, s // 8), mode="constant", flip=True)  # pad 4 at 32x32: the usual CIFAR recipe
     return Prepared(*parts, num_classes, aug, (mean.view(-1, 1, 1), std.view(-1, 1, 1)))
+
+
+class _ImageError(FeatdistillError):
+    """An unreadable image. DataLoader re-raises a worker's error as ``type(text with the worker's traceback)``;
+    keeping only the message after the traceback keeps what the CLI prints free of it."""
+
+    def __init__(self, msg: str):
+        super().__init__(msg.rpartition(f"{__name__}._ImageError: ")[2].strip())
+
+
+def _load_image(path: str):
+    """torchvision's ``default_loader``, with a file it cannot decode reported as a FeatdistillError naming it. Module
+    level, so that DataLoader worker processes can pickle it."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL's ways to say "bad file"
+        why = "PIL cannot identify it as an image" if isinstance(e, UnidentifiedImageError) else str(e).rstrip(".")
+        raise _ImageError(f"cannot read image {path}: {why}. Remove or replace the file (it must be an image PIL "
+                          "can open), then run again.") from e
 
 
 def _imagefolder(data: Data) -> Prepared:
@@ -135,7 +213,7 @@ def _imagefolder(data: Data) -> Prepared:
 
     def load(path: str):
         try:
-            return datasets.ImageFolder(path, transform=transform)
+            return datasets.ImageFolder(path, transform=transform, loader=_load_image)
         except FileNotFoundError as e:  # no class folders, or no images in one
             raise FeatdistillError(f"cannot read {path}: {e}. Lay the images out as {IMAGEFOLDER_LAYOUT}") from e
 
