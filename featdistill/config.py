@@ -8,6 +8,7 @@ code that fills them; ``problems()`` imports them on first use.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -47,7 +48,8 @@ def _unknown(where: str, kind: str, name: str, extra: tuple[str, ...] = ()) -> l
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (``inf`` and ``nan`` are never a sensible setting here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,13 @@ class Train:
         if self.amp not in AMP:
             found.append(f"{where}.amp must be one of {AMP}, got {self.amp!r}")
         if not _number(self.warmup_epochs) or self.warmup_epochs < 0:
-            found.append(f"{where}.warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
+            found.append(f"{where}.warmup_epochs must be a finite number >= 0, got {self.warmup_epochs!r}")
+        if not _number(self.weight_decay) or self.weight_decay < 0:
+            found.append(f"{where}.weight_decay must be >= 0 (0.05 is usual for AdamW), got {self.weight_decay!r}")
+        if not _number(self.momentum) or not 0 <= self.momentum < 1:
+            found.append(f"{where}.momentum must be in [0, 1) (0.9 is usual), got {self.momentum!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            found.append(f"{where}.seed must be an integer in [0, 2**63), got {self.seed!r}")
         if self.clip_grad is not None and (not _number(self.clip_grad) or self.clip_grad <= 0):
             found.append(f"{where}.clip_grad must be > 0 or None, got {self.clip_grad!r}")
         if not _number(self.label_smoothing) or not 0 <= self.label_smoothing < 1:

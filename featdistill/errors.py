@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 
 
@@ -53,3 +54,30 @@ def close_matches(name: str, candidates: Iterable[str], n: int = 3) -> list[str]
 def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:
     matches = close_matches(name, candidates, n=n)
     return f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+
+
+def explain(exc: BaseException) -> FeatdistillError | None:
+    """A known kind of failure from outside featdistill's own checks (the file system, memory), as a
+    FeatdistillError naming the fix; None for anything else (a bug, reported as one)."""
+    if isinstance(exc, FeatdistillError):
+        return exc
+    if isinstance(exc, OSError):
+        where = f" {exc.filename!s}" if exc.filename else ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return FeatdistillError(f"the disk is full{where and ' writing' + where}. Free some space or write "
+                                    "elsewhere (--out for the run, $FEATDISTILL_CACHE for cached teachers); "
+                                    "finished epochs are in the run directory's checkpoint (--resume).")
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return FeatdistillError(f"no permission to write{where} ({exc.strerror}). Choose a writable place with "
+                                    "--out (the run) or $FEATDISTILL_CACHE (cached teachers).")
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+            return FeatdistillError(f"cannot use{where}: {exc.strerror}. Give a folder path that is not a file "
+                                    "(--out, $FEATDISTILL_CACHE, data.root).")
+        return None
+    text = str(exc)
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in text \
+            or "out of memory" in text.lower():
+        first = text.splitlines()[0] if text else type(exc).__name__
+        return FeatdistillError(f"out of memory ({first[:200]}). Lower train.batch_size or data.image_size, or "
+                                "use smaller models.")
+    return None

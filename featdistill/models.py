@@ -40,28 +40,39 @@ def known_model(name: str) -> str | None:
     return f"unknown model source {source!r}: use 'timm:NAME', 'torchvision:NAME' or a factory"
 
 
-def build_model(spec: Any, num_classes: int, in_chans: int) -> nn.Module:
-    """Build ``spec`` (a ``recipe.Model``) for ``num_classes`` outputs on ``in_chans``-channel input and
-    load its checkpoint, if any."""
+def build_model(spec: Any, num_classes: int, in_chans: int, where: str = "model") -> nn.Module:
+    """Build ``spec`` (a ``config.Model``) for ``num_classes`` outputs on ``in_chans``-channel input and
+    load its checkpoint, if any. A constructor that rejects the settings is a FeatdistillError naming ``where``
+    (``'teacher'`` / ``'student'``) and the kwargs."""
     kwargs = dict(spec.kwargs)
-    if callable(spec.name):
-        model = spec.name(num_classes=num_classes, in_chans=in_chans, **kwargs)
-    else:
-        source, name = split_name(spec.name)
-        if source == "timm":
-            import timm
-
-            kwargs.setdefault("pretrained", False)
-            model = timm.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
-        else:
-            import torchvision
-
-            if in_chans != 3:
-                raise FeatdistillError(f"torchvision model {name!r} expects 3-channel input; set data.in_chans=3")
-            model = torchvision.models.get_model(name, num_classes=num_classes, **kwargs)
+    name = spec.name if isinstance(spec.name, str) else getattr(spec.name, "__qualname__", repr(spec.name))
+    try:
+        model = _construct(spec.name, num_classes, in_chans, kwargs)
+    except FeatdistillError:
+        raise
+    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as exc:
+        raise FeatdistillError(
+            f"{where} {name!r} cannot be built with kwargs {spec.kwargs} (num_classes={num_classes}, "
+            f"in_chans={in_chans}): {type(exc).__name__}: {exc}. Fix {where}.kwargs.") from None
     if spec.checkpoint:
         load_weights(model, spec.checkpoint)
     return model
+
+
+def _construct(name: Any, num_classes: int, in_chans: int, kwargs: dict) -> nn.Module:
+    if callable(name):
+        return name(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    source, model = split_name(name)
+    if source == "timm":
+        import timm
+
+        kwargs.setdefault("pretrained", False)
+        return timm.create_model(model, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    import torchvision
+
+    if in_chans != 3:
+        raise FeatdistillError(f"torchvision model {model!r} expects 3-channel input; set data.in_chans=3")
+    return torchvision.models.get_model(model, num_classes=num_classes, **kwargs)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

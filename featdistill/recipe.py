@@ -22,7 +22,7 @@ from .errors import RecipeError, did_you_mean
 from .models import known_model
 
 __all__ = ["AutoPairs", "Data", "LogitKD", "Model", "Pair", "Recipe", "Train", "apply_overrides", "check", "dumps",
-           "load_recipe", "to_dict", "validate"]
+           "load_recipe", "to_dict", "try_overrides", "validate"]
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -83,11 +83,25 @@ def _allows(tp: Any, value: Any) -> bool:
     return callable(value) or isinstance(value, str)
 
 
-def _coerce(tp: Any, value: Any) -> Any:
+def _build(cls: type, value: dict, path: str) -> Any:
+    """``cls(**value)`` from a dict literal, or a RecipeError naming the unknown keys and the valid ones."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in value if k not in names]
+    if unknown:
+        hints = "".join(did_you_mean(str(k), names, 1) for k in unknown)
+        raise RecipeError([f"--set {path}: unknown key(s) {unknown} for {cls.__name__}.{hints} "
+                           f"Valid keys: {', '.join(names)}"])
+    try:
+        return cls(**value)
+    except TypeError as exc:  # a required field left out
+        raise RecipeError([f"--set {path}: {cls.__name__}: {exc}"]) from None
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
     """Build a dataclass from a dict literal (``--set kd={'temperature': 2}``), keep the rest."""
     for cand in typing.get_args(tp) or (tp,):
         if dataclasses.is_dataclass(cand) and isinstance(value, dict):
-            return cand(**value)
+            return _build(cand, value, path)
     if isinstance(value, list):
         return tuple(value)
     if tp is float and isinstance(value, int):
@@ -116,18 +130,26 @@ def _set(obj: Any, keys: list[str], value: Any, path: str) -> Any:
             current = cls()
         return dataclasses.replace(obj, **{key: _set(current, rest, value, path)})
     if key == "pairs":
-        value = tuple(Pair(**v) if isinstance(v, dict) else v for v in value) if isinstance(value, (list, tuple)) \
-            else value
+        value = tuple(_build(Pair, v, f"{path}[{i}]") if isinstance(v, dict) else v for i, v in enumerate(value)) \
+            if isinstance(value, (list, tuple)) else value
     if key == "kwargs" and isinstance(value, dict):
         value = {**current, **value}  # merge: --set student.kwargs={'depth': 2} keeps the other kwargs
     if not _allows(types[key], value):
         raise RecipeError([f"--set {path}: expected {getattr(types[key], '__name__', types[key])}, "
                            f"got {type(value).__name__} {value!r}"])
-    return dataclasses.replace(obj, **{key: _coerce(types[key], value)})
+    return dataclasses.replace(obj, **{key: _coerce(types[key], value, path)})
 
 
 def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     """Apply ``['train.epochs=3', 'kd=None', ...]``: values are Python literals, checked against the field."""
+    recipe, problems = try_overrides(recipe, overrides)
+    if problems:
+        raise RecipeError(problems)
+    return recipe
+
+
+def try_overrides(recipe: Recipe, overrides: list[str]) -> tuple[Recipe, list[str]]:
+    """The recipe with every override that applies, and a problem for each one that does not."""
     problems = []
     for item in overrides:
         if "=" not in item:
@@ -138,9 +160,7 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
             recipe = _set(recipe, key.strip().split("."), _parse(text.strip()), key.strip())
         except RecipeError as exc:
             problems += exc.problems
-    if problems:
-        raise RecipeError(problems)
-    return recipe
+    return recipe, problems
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -169,6 +189,9 @@ def validate(recipe: Recipe) -> list[str]:
     keys = []
     if isinstance(recipe.pairs, AutoPairs):
         found += recipe.pairs.problems()
+    elif not isinstance(recipe.pairs, tuple):
+        found.append(f"pairs must be a list of Pair(...), 'auto' or AutoPairs(...), got {recipe.pairs!r}; e.g. "
+                     "--set \"pairs=[{'student': 'blocks.1', 'teacher': 'blocks.2'}]\" or --set pairs=[]")
     for i, pair in enumerate(recipe.pairs if isinstance(recipe.pairs, tuple) else ()):
         if not isinstance(pair, Pair):
             found.append(f"pairs[{i}] must be a Pair(...), got {type(pair).__name__}")

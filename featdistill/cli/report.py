@@ -10,6 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import Recipe
+from ..data import sample_batch
+from ..models import count_params
+from ..train import METRICS, evaluate
+
 
 @torch.no_grad()
 def cpu_latency(models: dict[str, nn.Module], sample: torch.Tensor, rounds: int = 30) -> dict[str, float]:
@@ -63,3 +68,27 @@ def plot_curves(metrics_path: Path, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+def finish(recipe: Recipe, teacher: nn.Module, student: nn.Module, loaders, device: torch.device, run_dir: Path,
+           teacher_source: str, history: list[dict]) -> dict:
+    """Test accuracies, sizes and CPU latencies of both models: ``summary.json``, ``curves.png``, the dict."""
+    amp = recipe.train.amp
+    student_acc = evaluate(student, loaders.test, device, amp)
+    teacher_acc = evaluate(teacher, loaders.test, device, amp) if recipe.eval_teacher else float("nan")
+    one = sample_batch(recipe.data, 1)
+    latency = cpu_latency({"teacher": teacher, "student": student}, one)
+    teacher.to(device), student.to(device)
+    summary = {
+        "teacher_accuracy": teacher_acc, "student_accuracy": student_acc,
+        "teacher_params": count_params(teacher), "student_params": count_params(student),
+        "teacher_latency_ms": latency["teacher"], "student_latency_ms": latency["student"],
+        "teacher_source": teacher_source, "epochs": recipe.train.epochs, "seed": recipe.train.seed,
+        "val_accuracy_history": [e["val_accuracy"] for e in history],  # restored from the checkpoint on --resume
+    }
+    summary["student_keeps"] = student_acc / teacher_acc if teacher_acc else None
+    summary["size_ratio"] = summary["student_params"] / summary["teacher_params"]
+    summary["speedup"] = latency["teacher"] / latency["student"]
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_curves(run_dir / METRICS, run_dir / "curves.png")
+    return summary

@@ -1,33 +1,31 @@
 """``python -m featdistill.run RECIPE``: train a student from a recipe, evaluate it and report.
 
-Exit codes: 0 ok, 2 a problem in the input (the message says what and how to fix it), 1 an internal error.
+Exit codes: 0 ok, 2 a problem in the input (the message says what and how to fix it), 1 an internal error,
+130 / 143 stopped by SIGINT / SIGTERM (a checkpoint at that step is written; --resume continues from it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import signal
 import sys
-import time
 import traceback
 from pathlib import Path
 
 import torch
 
-from .. import __version__
 from ..capture import list_layers
 from ..config import Recipe
 from ..data import make_loaders, sample_batch
 from ..distill import Distiller
-from ..errors import FeatdistillError
+from ..errors import FeatdistillError, RecipeError, explain
 from ..models import build_model, count_params
-from ..recipe import apply_overrides, check, dumps, load_recipe
-from ..train import CHECKPOINT, Trainer, evaluate
-from .report import cpu_latency, plot_curves, summarize
+from ..recipe import load_recipe, try_overrides, validate
+from ..train import CHECKPOINT, METRICS, Interrupted, NonFiniteLoss, StopRequest, Trainer, read_checkpoint, trim_metrics
+from .report import finish, summarize
+from .rundir import SAFE_ON_RESUME, new_run_dir, record_run, resume_recipe
 from .teacher import prepare_teacher
-
-RUN_FILE = "run.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,7 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", nargs="?", help="recipe file (a .py defining `recipe`); optional with --resume")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field with a Python literal, e.g. --set train.epochs=3 --set kd=None")
+                   help="override a recipe field with a Python literal, e.g. --set train.epochs=3 --set kd=None; "
+                        f"with --resume only {', '.join(SAFE_ON_RESUME)}")
     p.add_argument("--out", type=Path, help="run directory (default runs/<recipe>-<time>); never overwritten")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
@@ -54,40 +53,24 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def resolve(args: argparse.Namespace) -> tuple[Recipe, Path | None, list[str]]:
-    """The recipe (with overrides) and its source path; with --resume both come from the run directory."""
+def resolve(args: argparse.Namespace) -> tuple[Recipe, Path, list[str]]:
+    """The recipe with its overrides and its source path; with --resume, from the run directory. Every problem
+    (overrides and validation together) is reported at once."""
+    if args.stop_after is not None and args.stop_after < 1:
+        raise FeatdistillError(f"--stop-after must be 1 or more (epochs to train before stopping), got "
+                               f"{args.stop_after}")
     if args.resume is not None:
-        run_file = args.resume / RUN_FILE
-        if not (args.resume / CHECKPOINT).is_file() or not run_file.is_file():
-            raise FeatdistillError(f"--resume {str(args.resume)!r}: no {CHECKPOINT} and {RUN_FILE} there; "
-                                   "pass the directory of a run that finished at least one epoch")
-        if args.overrides or args.recipe:
-            raise FeatdistillError("--resume continues a run with its own recipe; drop RECIPE and --set")
-        saved = json.loads(run_file.read_text())
-        path, overrides = Path(saved["recipe_path"]), saved["overrides"]
-    else:
-        if not args.recipe:
-            raise FeatdistillError("give a recipe file, e.g. python -m featdistill.run recipes/vit_to_deit.py")
-        path, overrides = Path(args.recipe), args.overrides
-    recipe = apply_overrides(load_recipe(path), overrides)
-    return check(recipe, str(path)), path, overrides
-
-
-def new_run_dir(args: argparse.Namespace, recipe_path: Path) -> Path:
-    if args.out is not None:
-        if args.out.exists() and any(args.out.iterdir()):
-            raise FeatdistillError(f"--out {str(args.out)!r} already exists and is not empty; nothing was "
-                                   "touched. Pass --resume to continue that run, or choose another --out.")
-        out = args.out
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{recipe_path.stem}-{stamp}"
-        n = 1
-        while out.exists():
-            n += 1
-            out = Path("runs") / f"{recipe_path.stem}-{stamp}-{n}"
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+        if args.recipe:
+            raise FeatdistillError("--resume continues a run with its own copy of the recipe; drop RECIPE")
+        return resume_recipe(args.resume, args.overrides)
+    if not args.recipe:
+        raise FeatdistillError("give a recipe file, e.g. python -m featdistill.run recipes/vit_to_deit.py")
+    path = Path(args.recipe)
+    recipe, problems = try_overrides(load_recipe(path), args.overrides)
+    problems += validate(recipe)
+    if problems:
+        raise RecipeError(problems, str(path))
+    return recipe, path, args.overrides
 
 
 def build_distiller(recipe: Recipe, teacher, student, sample: torch.Tensor) -> Distiller:
@@ -95,10 +78,31 @@ def build_distiller(recipe: Recipe, teacher, student, sample: torch.Tensor) -> D
                      label_smoothing=recipe.train.label_smoothing)
 
 
+def preflight(recipe: Recipe, num_classes: int, sample: torch.Tensor, device: torch.device) -> Distiller:
+    """Build both models and the Distiller on a sample batch before anything expensive: every model setting,
+    layer name, shape, adapter and loss is checked here, not after the teacher stage. The caller closes it."""
+    models = []
+    for side, spec in (("teacher", recipe.teacher), ("student", recipe.student)):
+        torch.manual_seed(recipe.train.seed)
+        model = build_model(spec, num_classes, sample.shape[1], where=side).to(device)
+        try:
+            with torch.no_grad():
+                model.eval()(sample)
+        except (RuntimeError, ValueError, AssertionError, TypeError, IndexError) as exc:
+            known = explain(exc)
+            raise known or FeatdistillError(
+                f"the {side} cannot run on a sample batch {list(sample.shape)} (data.image_size="
+                f"{recipe.data.image_size}, data.in_chans={recipe.data.in_chans}): {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}. Make {side}.kwargs (e.g. img_size) fit the data."
+            ) from None
+        models.append(model.train())
+    return build_distiller(recipe, *models, sample)
+
+
 def list_layers_cmd(recipe: Recipe, which: str) -> int:
     sample = sample_batch(recipe.data, 2)
     spec = recipe.teacher if which == "teacher" else recipe.student
-    model = build_model(spec, make_loaders(recipe.data, 2).num_classes, sample.shape[1])
+    model = build_model(spec, make_loaders(recipe.data, 2).num_classes, sample.shape[1], where=which)
     print(f"{which} {type(model).__name__} ({count_params(model):,} params): name, type, output shape "
           f"for a batch of {sample.shape[0]}")
     for name, desc in list_layers(model, sample):
@@ -114,29 +118,34 @@ def run(args: argparse.Namespace) -> int:
     train = recipe.train
     loaders = make_loaders(recipe.data, train.batch_size, seed=train.seed)
     sample = sample_batch(recipe.data, 2).to(device)
-    torch.manual_seed(train.seed)
-    if args.dry_run:
-        teacher = build_model(recipe.teacher, loaders.num_classes, loaders.in_chans).to(device)
-        torch.manual_seed(train.seed)
-        student = build_model(recipe.student, loaders.num_classes, loaders.in_chans).to(device)
-        with build_distiller(recipe, teacher, student, sample) as distiller:
+    with preflight(recipe, loaders.num_classes, sample, device) as checked:
+        if args.dry_run:
             print(f"recipe {recipe_path} on {device}; data {recipe.data.name}: {len(loaders.train.dataset)} train / "
                   f"{len(loaders.val.dataset)} val / {len(loaders.test.dataset)} test, {loaders.num_classes} classes")
             teacher_note = "trained on the task first, then cached" if recipe.teacher.pretrain else "as given"
             print(f"teacher: {teacher_note}")
-            print(distiller.plan())
-        return 0
+            print(checked.plan())
+            return 0
+    del checked
 
-    run_dir = args.resume if args.resume is not None else new_run_dir(args, recipe_path)
-    if args.resume is None:
-        (run_dir / RUN_FILE).write_text(json.dumps({
-            "recipe_path": str(recipe_path.resolve()), "overrides": overrides, "created": time.strftime("%F %T"),
-            "featdistill": __version__, "torch": torch.__version__}, indent=2))
-        (run_dir / "recipe.json").write_text(dumps(recipe))
+    run_dir = args.resume if args.resume is not None else new_run_dir(args.out, recipe_path.stem)
+    saved = read_checkpoint(run_dir / CHECKPOINT) if (run_dir / CHECKPOINT).is_file() else None  # before the teacher
+    record_run(run_dir, recipe_path, overrides, recipe)
     print(f"run directory: {run_dir}", flush=True)
-    teacher, teacher_source = prepare_teacher(recipe, loaders, device, quiet=args.quiet)
+    with StopRequest() as stop:
+        return train_and_report(args, recipe, loaders, sample, device, run_dir, stop, saved)
+
+
+def train_and_report(args: argparse.Namespace, recipe: Recipe, loaders, sample: torch.Tensor, device: torch.device,
+                     run_dir: Path, stop: StopRequest, saved: dict | None) -> int:
+    """The teacher stage, distillation (resumed from ``saved``, the run's checkpoint, if any), the test and the
+    summary."""
+    train = recipe.train
     torch.manual_seed(train.seed)
-    student = build_model(recipe.student, loaders.num_classes, loaders.in_chans).to(device)
+    teacher, teacher_source = prepare_teacher(recipe, loaders, device, quiet=args.quiet, fallback_dir=run_dir,
+                                              stop=stop)
+    torch.manual_seed(train.seed)
+    student = build_model(recipe.student, loaders.num_classes, loaders.in_chans, where="student").to(device)
     distiller = build_distiller(recipe, teacher, student, sample)
     if distiller.needs_index:  # a loss with a memory bank: batches carry the samples' indices
         loaders = make_loaders(recipe.data, train.batch_size, seed=train.seed, with_index=True)
@@ -144,13 +153,21 @@ def run(args: argparse.Namespace) -> int:
         print(distiller.plan(), flush=True)
     trainer = Trainer(distiller, distiller, loaders, train, device, eval_model=student, run_dir=run_dir,
                       desc="student", quiet=args.quiet)
-    if args.resume is not None:
-        trainer.resume(run_dir / CHECKPOINT)
-        print(f"resuming at epoch {trainer.start_epoch + 1}/{train.epochs}", flush=True)
-    trainer.fit(stop_after=args.stop_after)
+    if saved is not None:
+        trainer.resume(run_dir / CHECKPOINT, saved)
+        epoch, batch = trainer.start
+        print(f"resuming at epoch {epoch + 1}/{train.epochs}" + (f", batch {batch + 1}" if batch else ""), flush=True)
+    elif args.resume is not None:
+        trim_metrics(run_dir / METRICS, 0, 0)
+        print("no checkpoint yet (stopped in the first epoch): starting from the beginning", flush=True)
+    try:
+        trainer.fit(stop_after=args.stop_after, stop=stop)
+    except NonFiniteLoss as exc:
+        raise FeatdistillError(f"{exc}\n{diverged(recipe, exc.term, run_dir)}") from None
+    finally:
+        distiller.close()
     if trainer.history and trainer.history[-1]["epoch"] + 1 < train.epochs:  # --stop-after
         print(f"stopped after epoch {trainer.history[-1]['epoch'] + 1}; continue with --resume {run_dir}")
-        distiller.close()
         return 0
     student = distiller.export_student()
     torch.save(student.state_dict(), run_dir / "student.pt")
@@ -160,27 +177,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def finish(recipe, teacher, student, loaders, device, run_dir: Path, teacher_source: str,
-           history: list[dict]) -> dict:
-    amp = recipe.train.amp
-    student_acc = evaluate(student, loaders.test, device, amp)
-    teacher_acc = evaluate(teacher, loaders.test, device, amp) if recipe.eval_teacher else float("nan")
-    one = sample_batch(recipe.data, 1)
-    latency = cpu_latency({"teacher": teacher, "student": student}, one)
-    teacher.to(device), student.to(device)
-    summary = {
-        "teacher_accuracy": teacher_acc, "student_accuracy": student_acc,
-        "teacher_params": count_params(teacher), "student_params": count_params(student),
-        "teacher_latency_ms": latency["teacher"], "student_latency_ms": latency["student"],
-        "teacher_source": teacher_source, "epochs": recipe.train.epochs, "seed": recipe.train.seed,
-        "val_accuracy_history": [e["val_accuracy"] for e in history],  # restored from the checkpoint on --resume
-    }
-    summary["student_keeps"] = student_acc / teacher_acc if teacher_acc else None
-    summary["size_ratio"] = summary["student_params"] / summary["teacher_params"]
-    summary["speedup"] = latency["teacher"] / latency["student"]
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
-    return summary
+def diverged(recipe: Recipe, term: str, run_dir: Path) -> str:
+    """Which settings govern the term that went non-finite first, and how to continue with a lower rate."""
+    governs = {"task": "train.lr, train.label_smoothing", "kd": "kd.temperature, kd.alpha, train.lr"}
+    if term.startswith("feat/"):
+        index = next((i for i, p in enumerate(recipe.pairs if isinstance(recipe.pairs, tuple) else ())
+                      if f"feat/{p.key}" == term), None)
+        where = f"pairs[{index}]" if index is not None else "the automatic pairs"
+        governs[term] = f"{where}.weight, {where}.loss, {where}.normalize, train.lr"
+    kept = "the last checkpoint is kept" if (run_dir / CHECKPOINT).is_file() else "no epoch finished yet"
+    return (f"It is governed by {governs.get(term, 'train.lr')}. {kept.capitalize()}; continue with a lower "
+            f"rate: python -m featdistill.run --resume {run_dir} --set train.lr={recipe.train.lr / 2:g}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,16 +197,28 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return run(args)
-    except FeatdistillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        if exc.saved and exc.run_dir is not None:
+            epoch, batch = exc.position
+            print(f"stopped by {name} at epoch {epoch + 1}, batch {batch + 1}; a checkpoint there is in "
+                  f"{exc.run_dir}. Continue with: python -m featdistill.run --resume {exc.run_dir}", file=sys.stderr)
+        else:
+            print(f"stopped by {name} during the teacher stage; nothing was cached. Run the same command again "
+                  "(or --resume the run directory) to start it over.", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        print("interrupted; --resume RUN_DIR continues a run from its last checkpoint (or from the start if it has "
+              "none)", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `... --list-layers student | head`
         sys.stdout = open(os.devnull, "w")
         return 0
-    except KeyboardInterrupt:
-        print("interrupted; the last finished epoch is in the run directory's checkpoint (--resume)", file=sys.stderr)
-        return 130
-    except Exception:
+    except Exception as exc:
+        known = explain(exc)
+        if known is not None:
+            print(f"error: {known}", file=sys.stderr)
+            return 2
         traceback.print_exc()
         print("internal error: this is a bug in featdistill; please report it with the traceback above",
               file=sys.stderr)

@@ -9,6 +9,7 @@ their split, for losses with memory banks). Train order and augmentation are pur
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -58,10 +59,21 @@ class Loaders:
     in_chans: int
     image_size: int
 
-    def set_epoch(self, epoch: int) -> None:
-        """Call before each epoch: reshuffles the train order and re-seeds its augmentation for ``epoch``."""
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Call before each epoch: reshuffles the train order and re-seeds its augmentation for ``epoch``;
+        ``skip_batches`` starts it part-way, where a run stopped mid-epoch left off."""
         self.train.sampler.set_epoch(epoch)
+        self.train.sampler.start = skip_batches * self.train.batch_size
         self.train.dataset.epoch = epoch
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` whose epoch can begin after its first ``start`` indices (the order is unchanged)."""
+
+    start = 0
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
 
 
 def make_loaders(data: Data, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
@@ -76,9 +88,11 @@ def make_loaders(data: Data, batch_size: int, seed: int = 0, rank: int = 0, worl
     _check(data, extra)
     prep = prepare(data)
     train = _Split(prep.train, prep.augment if data.augment else None, seed, prep.norm, with_index)
-    sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    sampler = ResumableSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     kw = dict(batch_size=batch_size, num_workers=num_workers)
-    return Loaders(train=DataLoader(train, sampler=sampler, **kw),
+    # a last batch of one sample breaks BatchNorm in training; dropping it loses nothing (the order reshuffles)
+    lone = len(sampler) % batch_size == 1 and len(sampler) > 1
+    return Loaders(train=DataLoader(train, sampler=sampler, drop_last=lone, **kw),
                    val=DataLoader(_Split(prep.val, norm=prep.norm, with_index=with_index), shuffle=False, **kw),
                    test=DataLoader(_Split(prep.test, norm=prep.norm, with_index=with_index), shuffle=False, **kw),
                    num_classes=prep.num_classes, in_chans=data.in_chans, image_size=data.image_size)

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..capture import TapSet, auto_pairs, make_tap
+from ..capture import TapSet, auto_pairs, make_tap, resolve_module
 from ..config import AutoPairs, LogitKD, Pair
 from ..data.batch import Batch
-from ..errors import FeatdistillError
+from ..errors import FeatdistillError, UnknownNameError
 from ..losses import LOGIT_LOSSES
 from .calibration import AutoWeights
 from .combiner import FeatureTerm, LossCombiner
@@ -38,6 +38,20 @@ def _problems(kd: LogitKD | None, pairs: list[Pair], has_sample: bool) -> list[s
     if pairs and not has_sample:
         found.append("sample_input= is needed to measure feature shapes: pass one batch, "
                      "e.g. torch.randn(2, 3, 224, 224)")
+    return found
+
+
+def _unknown_layers(pairs: list[Pair], student: nn.Module, teacher: nn.Module | None) -> list[str]:
+    """Every pair side that names no layer of its model (each with close matches), not just the first."""
+    found = []
+    for pair in pairs:
+        for side, model in (("student", student), ("teacher", teacher)):
+            if model is None:  # a Teacher stand-in without a model checks its own names
+                continue
+            try:
+                resolve_module(model, getattr(pair, side))
+            except UnknownNameError as exc:
+                found.append(f"pair {pair.key!r}, {side}: {exc}")
     return found
 
 
@@ -93,6 +107,10 @@ class Distiller(nn.Module):
         problems = _problems(kd, pairs, sample_input is not None)
         if problems:
             raise FeatdistillError("cannot build the Distiller:\n  - " + "\n  - ".join(problems))
+        unknown = _unknown_layers(pairs, student, teacher_model)
+        if unknown:
+            raise UnknownNameError("\n  - ".join(unknown) if len(unknown) == 1 else
+                                   f"{len(unknown)} layer names are wrong:\n  - " + "\n  - ".join(unknown))
         source = teacher if isinstance(teacher, Teacher) else LiveTeacher(teacher, logits_from)
         self.student = student
         # not submodules: the teacher is frozen, outside DDP and state_dict

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..adapters import Adapter, adapter_name, build_adapter, model_token_hints
 from ..config import Pair
-from ..errors import ShapeError
+from ..errors import FeatdistillError, ShapeError
 from ..losses import Loss, build_loss
 from ..models import count_params
 
@@ -86,11 +86,15 @@ def plan_pair(pair: Pair, student_feat: torch.Tensor, teacher_feat: torch.Tensor
         was_training = adapter.training
         adapter.eval()
         with torch.no_grad():
-            out_shape = tuple(adapter(student_feat.to(device)).shape[1:])
-            target_shape = tuple(adapter.target(teacher_feat.to(device)).shape[1:])
+            out = adapter(student_feat.to(device))
+            target = adapter.target(teacher_feat.to(device))
         adapter.train(was_training)
+        out_shape, target_shape = tuple(out.shape[1:]), tuple(target.shape[1:])
     except ShapeError as exc:
         raise ShapeError(f"pair {pair.key!r}: {exc}") from None
+    except TypeError as exc:  # a loss or adapter factory that rejects its kwargs
+        raise FeatdistillError(f"pair {pair.key!r}: {exc}. Check loss_kwargs {pair.loss_kwargs} and adapter_kwargs "
+                               f"{pair.adapter_kwargs} against the loss's and adapter's arguments.") from None
     planned = PlannedPair(pair, s_shape, t_shape, target_shape, adapter, loss)
     name = planned.loss_name
     if loss.channel_free and not attention and _positions(target_shape) == 1:
@@ -103,6 +107,15 @@ def plan_pair(pair: Pair, student_feat: torch.Tensor, teacher_feat: torch.Tensor
     if loss.channel_free and len(out_shape) == len(target_shape) >= 2:
         drop = 0 if len(out_shape) == 3 else len(out_shape) - 1  # maps: channels first; tokens: last
         same = [d for i, d in enumerate(out_shape) if i != drop] == [d for i, d in enumerate(target_shape) if i != drop]
+    if same and not loss.needs_index:  # one call now, so a bad loss_kwargs shows before any training
+        try:
+            was_training = loss.training
+            with torch.no_grad():
+                loss.eval()(out, target)
+            loss.train(was_training)
+        except TypeError as exc:
+            raise FeatdistillError(f"pair {pair.key!r}: the loss {planned.loss_name!r} cannot be called with "
+                                   f"loss_kwargs {pair.loss_kwargs}: {exc}. Fix the pair's loss_kwargs.") from None
     if not same:
         raise ShapeError(
             f"pair {pair.key!r}: adapter {planned.adapter_name} ({planned.adapter_params:,} params) maps student "

@@ -1,8 +1,11 @@
-"""Train: the loop shared by the teacher stage and distillation (:mod:`.trainer`) and exact-resume checkpoints
-(:mod:`.checkpoint`). Distributed training (torchrun) lands here next."""
+"""Train: the loop shared by the teacher stage and distillation (:mod:`.trainer`), exact-resume checkpoints
+(:mod:`.checkpoint`) and clean stops on SIGINT/SIGTERM (:mod:`.interrupt`). Distributed training (torchrun) lands
+here next."""
 
-from .checkpoint import CHECKPOINT, atomic_save, rng_state, set_rng_state
-from .trainer import Trainer, WarmupCosine, autocast, evaluate, make_optimizer
+from .checkpoint import CHECKPOINT, METRICS, atomic_save, read_checkpoint, rng_state, set_rng_state, trim_metrics
+from .interrupt import Interrupted, StopRequest
+from .trainer import NonFiniteLoss, Trainer, WarmupCosine, autocast, evaluate, make_optimizer
 
-__all__ = ["CHECKPOINT", "Trainer", "WarmupCosine", "atomic_save", "autocast", "evaluate", "make_optimizer",
-           "rng_state", "set_rng_state"]
+__all__ = ["CHECKPOINT", "METRICS", "Interrupted", "NonFiniteLoss", "StopRequest", "Trainer", "WarmupCosine",
+           "atomic_save", "autocast", "evaluate", "make_optimizer", "read_checkpoint", "rng_state", "set_rng_state",
+           "trim_metrics"]

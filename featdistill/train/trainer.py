@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from ..data.batch import IGNORE_INDEX, Batch
 from ..errors import FeatdistillError
-from .checkpoint import CHECKPOINT, atomic_save, rng_state, set_rng_state
+from .checkpoint import CHECKPOINT, METRICS, atomic_save, read_checkpoint, rng_state, set_rng_state, trim_metrics
+from .interrupt import Interrupted, StopRequest
 
 
 def autocast(device: torch.device, amp: str):
@@ -70,8 +71,22 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none") 
     return correct / max(total, 1)
 
 
+class NonFiniteLoss(FeatdistillError):
+    """The loss became NaN or infinite; ``term`` is the first term that did, ``values`` all terms of that step."""
+
+    def __init__(self, term: str, values: dict[str, float], position: tuple[int, int], hint: str):
+        self.term, self.values, self.position = term, values, position
+        epoch, batch = position
+        self.what = (f"the loss became {values['loss']} at epoch {epoch + 1}, batch {batch + 1}; the first "
+                     f"non-finite term is {term!r} ({values})")
+        super().__init__(f"{self.what}. {hint}")
+
+
 class Trainer:
-    """Trains ``module`` (a Distiller or a plain classifier) with ``loss_fn`` and validates ``eval_model``."""
+    """Trains ``module`` (a Distiller or a plain classifier) with ``loss_fn`` and validates ``eval_model``.
+
+    With a ``run_dir`` it writes ``metrics.jsonl`` and, after each epoch and when stopped by a signal, a checkpoint
+    that :meth:`resume` continues from exactly (the position within the epoch included)."""
 
     def __init__(self, module: nn.Module, loss_fn: Callable[[Batch], dict], loaders, train,
                  device: torch.device, eval_model: nn.Module, run_dir: Path | None = None, desc: str = "train",
@@ -81,75 +96,98 @@ class Trainer:
         if train.amp == "fp16" and device.type != "cuda":
             raise FeatdistillError("train.amp='fp16' needs CUDA; use train.amp='bf16' on the CPU")
         self.optimizer = make_optimizer(module.parameters(), train)
-        steps = len(loaders.train)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, WarmupCosine(round(train.warmup_epochs * steps), train.epochs * steps))
+        self.steps = len(loaders.train)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._schedule())
         self.scaler = torch.amp.GradScaler(device.type, enabled=train.amp == "fp16")
-        self.start_epoch = 0
+        self.start: tuple[int, int] = (0, 0)  # (epoch, batches already done in it)
+        self.partial: dict = {}  # sums of a part-done epoch, restored by resume
+        self._pending_rng: dict | None = None  # mid-epoch resume: restored once the epoch's iterator exists
         self.history: list[dict] = []
 
+    def _schedule(self) -> WarmupCosine:
+        return WarmupCosine(round(self.train.warmup_epochs * self.steps), self.train.epochs * self.steps)
+
     # -- checkpoints ------------------------------------------------------------------------
-    def state(self, epoch: int) -> dict:
-        return {"epoch": epoch, "module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
-                "history": json.dumps(self.history)}
+    def state(self, position: tuple[int, int], partial: dict | None = None) -> dict:
+        return {"position": list(position), "module": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rng_state(), "history": json.dumps(self.history),
+                "partial": json.dumps(partial or {})}
 
-    def resume(self, path: Path) -> None:
+    def resume(self, path: Path, state: dict | None = None) -> None:
+        """Continue from the checkpoint at ``path`` (``state``: its contents, when already read). The learning rate,
+        epochs and clip_grad come from this Trainer's ``train`` settings (a resumed run may change them); with the
+        saved ones, nothing changes."""
+        state = state if state is not None else read_checkpoint(path)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise FeatdistillError(f"cannot read checkpoint {str(path)!r} ({exc}); it may be damaged. "
-                                   "Start a new run with another --out.") from None
-        self.module.load_state_dict(state["module"])
-        self.optimizer.load_state_dict(state["optimizer"])
+            self.module.load_state_dict(state["module"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as exc:
+            raise FeatdistillError(f"checkpoint {str(path)!r} does not fit this run's models: "
+                                   f"{str(exc).splitlines()[0]}. Start a new run with another --out.") from None
         self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.lr_lambdas = [self._schedule()]  # the saved schedule object would pin the old epochs
+        self.scheduler.base_lrs = [self.train.lr for _ in self.optimizer.param_groups]
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        self.start_epoch = state["epoch"] + 1
+        self.start = tuple(state["position"])
         self.history = json.loads(state["history"])
-        self._trim_metrics(state["epoch"])
-
-    def _trim_metrics(self, last_epoch: int) -> None:
-        """Drop metric lines written after the checkpoint (by the run that crashed) before appending."""
-        path = self.run_dir / "metrics.jsonl" if self.run_dir else None
-        if path and path.exists():
-            keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= last_epoch]
-            path.write_text("".join(line + "\n" for line in keep))
+        self.partial = json.loads(state.get("partial", "{}"))
+        if self.start[1]:
+            self._pending_rng = state["rng"]  # after the epoch's data iterator is made: it draws a seed
+        else:
+            set_rng_state(state["rng"])
+        if self.run_dir:
+            trim_metrics(self.run_dir / METRICS, self.start[0], self.start[0] * self.steps + self.start[1])
 
     def _log(self, records: list[dict]) -> None:
         if self.run_dir:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
+            with open(self.run_dir / METRICS, "a") as f:
                 f.write("".join(json.dumps(r) + "\n" for r in records))
 
     # -- the loop -----------------------------------------------------------------------------
-    def fit(self, stop_after: int | None = None) -> list[dict]:
-        """Train from ``start_epoch`` to ``train.epochs``; ``stop_after`` ends early (as a crash would)."""
+    def fit(self, stop_after: int | None = None, stop: StopRequest | None = None) -> list[dict]:
+        """Train from ``start`` to ``train.epochs``; ``stop_after`` ends after that many epochs (as a crash would);
+        a signal caught by ``stop`` ends after the step in flight, with a checkpoint there (:class:`Interrupted`)."""
         train, loaders = self.train, self.loaders
-        steps = len(loaders.train)
-        for epoch in range(self.start_epoch, train.epochs):
+        for epoch in range(self.start[0], train.epochs):
             if stop_after is not None and epoch >= stop_after:
                 break
-            loaders.set_epoch(epoch)
+            skip = self.start[1] if epoch == self.start[0] else 0
+            if skip:
+                loaders.set_epoch(epoch, skip_batches=skip)
+            else:
+                loaders.set_epoch(epoch)
             self.module.train()
-            sums: dict[str, float] = {}
+            partial = self.partial if skip else {}
+            sums: dict[str, float] = dict(partial.get("sums", {}))
+            seen, before = partial.get("seen", 0), partial.get("elapsed", 0.0)
             records: list[dict] = []  # written once per epoch, beside the checkpoint, not once per step
-            seen, start = 0, time.perf_counter()
-            bar = tqdm(loaders.train, desc=f"{self.desc} {epoch + 1}/{train.epochs}", leave=False,
-                       disable=self.quiet, mininterval=1.0, dynamic_ncols=True)
-            for i, raw in enumerate(bar):
+            start = time.perf_counter()
+            batches = iter(loaders.train)
+            if self._pending_rng is not None:
+                set_rng_state(self._pending_rng)
+                self._pending_rng = None
+            bar = tqdm(batches, desc=f"{self.desc} {epoch + 1}/{train.epochs}", total=self.steps, initial=skip,
+                       leave=False, disable=self.quiet, mininterval=1.0, dynamic_ncols=True)
+            for i, raw in enumerate(bar, start=skip):
                 batch = Batch.of(raw).to(self.device, non_blocking=True)
                 lr = self.scheduler.get_last_lr()[0]  # the rate this step trains at (step() advances it)
-                terms = self.step(batch)
+                terms = self.step(batch, (epoch, i))
                 n = batch.size
                 seen += n
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v * n
-                records.append({"kind": "step", "epoch": epoch, "step": epoch * steps + i,
-                                "lr": lr, **terms})
+                records.append({"kind": "step", "epoch": epoch, "step": epoch * self.steps + i, "lr": lr, **terms})
                 rate = seen / max(time.perf_counter() - start, 1e-9)
                 shown = {k.replace("feat/", ""): f"{v / seen:.3f}" for k, v in sums.items()}
                 bar.set_postfix(shown | {"img/s": f"{rate:.0f}"}, refresh=False)
-            elapsed = time.perf_counter() - start
+                if stop is not None and stop.signum is not None and i + 1 < self.steps:
+                    self._stop(stop.signum, (epoch, i + 1), records, {
+                        "sums": sums, "seen": seen, "elapsed": before + time.perf_counter() - start})
+            elapsed = before + time.perf_counter() - start
             val = evaluate(self.eval_model, loaders.val, self.device, train.amp)
             summary = {"kind": "epoch", "epoch": epoch, "val_accuracy": val, "epoch_seconds": elapsed,
                        "images_per_s": seen / max(elapsed, 1e-9), **{k: v / max(seen, 1) for k, v in sums.items()}}
@@ -160,17 +198,28 @@ class Trainer:
                 print(f"{self.desc} epoch {epoch + 1}/{train.epochs}: val {val:.2%}  {shown}  "
                       f"({elapsed:.1f} s, {summary['images_per_s']:.0f} img/s)", flush=True)
             if self.run_dir:
-                atomic_save(self.state(epoch), self.run_dir / CHECKPOINT)
+                atomic_save(self.state((epoch + 1, 0)), self.run_dir / CHECKPOINT)
+            if stop is not None and stop.signum is not None:
+                raise Interrupted(stop.signum, (epoch + 1, 0), self.run_dir is not None, self.run_dir)
         return self.history
 
-    def step(self, batch: Batch) -> dict[str, float]:
+    def _stop(self, signum: int, position: tuple[int, int], records: list[dict], partial: dict) -> None:
+        """Write what this epoch did so far and a checkpoint at ``position``, then end the loop."""
+        if self.run_dir:
+            self._log(records)
+            atomic_save(self.state(position, partial), self.run_dir / CHECKPOINT)
+        raise Interrupted(signum, position, self.run_dir is not None, self.run_dir)
+
+    def step(self, batch: Batch, position: tuple[int, int] = (0, 0)) -> dict[str, float]:
         with autocast(self.device, self.train.amp):
             terms = self.loss_fn(batch)
         # every term in one transfer: a single device sync per step
         values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
         if not math.isfinite(values["loss"]):
-            raise FeatdistillError(f"the loss became {values['loss']} ({values}). "
-                                   "Lower train.lr, enable train.clip_grad, or lower the feature weights.")
+            term = next((k for k, v in values.items() if k != "loss" and not math.isfinite(v)), "loss")
+            hint = "Lower train.lr" + ("" if self.train.clip_grad else ", set train.clip_grad (e.g. 1.0)") + \
+                ", or lower the weight of that term."
+            raise NonFiniteLoss(term, values, position, hint)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
         if self.train.clip_grad:

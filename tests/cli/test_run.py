@@ -93,7 +93,7 @@ HEADER = "from featdistill import *\nfrom featdistill.recipe import *\nfrom feat
     ([VIT, "--set", "pairs.0.teacher='blocks.7'", "--dry-run"], "layer 'blocks.7' not found in VisionTransformer"),
     ([VIT, "--set", "data.name='cifar10'", "--set", "data.root='/nonexistent'", "--dry-run"], "cifar"),
     ([VIT, "--set", "teacher.checkpoint='/no/such.pt'"], "checkpoint '/no/such.pt' does not exist"),
-    (["--resume", "/nonexistent-run"], "no checkpoint.pt"),
+    (["--resume", "/nonexistent-run"], "no run.json there"),
     ([], "give a recipe file"),
 ])
 def test_bad_input_exits_2_with_a_message(argv, expected, capsys):
