@@ -4,6 +4,7 @@ that a sample batch can reveal are reported before the teacher stage trains anyt
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 
@@ -31,6 +32,12 @@ def garbage(w: Path, name: str) -> str:
 def other_state_dict(w: Path) -> str:
     torch.save({"weight": torch.zeros(3)}, w / "other.pt")
     return str(w / "other.pt")
+
+
+def saved(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def run_dir_with(w: Path, run_json: str | None = None, checkpoint: bytes | None = None) -> str:
@@ -156,6 +163,9 @@ CASES = [
                                              "student.name=resnet18"], ["can change only", "student.name"], False),
     ("resume a damaged checkpoint", lambda w: ["--resume", run_dir_with(w, checkpoint=b"\x80 cut off")],
      ["cannot read checkpoint", "checkpoint.pt"], False),
+    ("resume a checkpoint missing keys",
+     lambda w: ["--resume", run_dir_with(w, checkpoint=saved({"position": [1, 0]}))],
+     ["lacks", "module", "checkpoint.pt"], False),
     # found only while training: the run directory stays resumable
     ("student diverges", lambda w: [RESNET, *FAST, "--set", "train.lr=1e30", "--out", str(w / "run")],
      ["the first non-finite term", "--resume", "train.lr="], True),

@@ -305,3 +305,10 @@ def test_imagefolder_errors(tmp_path):
     with pytest.raises(FeatdistillError) as info:
         make_loaders(Data(name="imagefolder", root=str(tmp_path)), batch_size=4)
     assert "'cat'" in str(info.value) and "'dog'" in str(info.value)
+
+
+def test_a_lone_last_sample_is_dropped_not_fed_to_batchnorm():
+    n = len(make_loaders(Data(), batch_size=64).train.dataset)
+    lone = make_loaders(Data(), batch_size=n - 1)  # n = (n - 1) + 1: a last batch of one image
+    assert [len(y) for _, y in lone.train] == [n - 1] and len(lone.train) == 1
+    assert make_loaders(Data(), batch_size=64).train.drop_last is False  # any other remainder is kept
