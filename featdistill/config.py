@@ -60,7 +60,8 @@ class LogitKD:
         temperature: softening temperature T of the soft targets.
         alpha: weight of the hard-label cross-entropy.
         loss: a name in ``featdistill.losses.LOGIT_LOSSES``: ``'soft'`` is Hinton's
-            ``KL(softmax(t/T) || softmax(s/T)) * T^2``, ``'hard'`` DeiT's cross-entropy to the teacher's argmax.
+            ``KL(softmax(t/T) || softmax(s/T)) * T^2``, ``'hard'`` DeiT's cross-entropy to the teacher's argmax;
+            also ``'dkd'``, ``'dist'`` and ``'ls'`` (see :mod:`featdistill.losses.logit`).
         loss_kwargs: extra keyword arguments for the logit loss's constructor.
     """
 

@@ -41,6 +41,15 @@ def _problems(kd: LogitKD | None, pairs: list[Pair], has_sample: bool) -> list[s
     return found
 
 
+def _logit_loss(kd: LogitKD) -> nn.Module:
+    """The logit loss ``kd`` names, built with its ``loss_kwargs`` (a misspelled one is an error naming it)."""
+    try:
+        return LOGIT_LOSSES.get(kd.loss)(kd.temperature, **kd.loss_kwargs)
+    except TypeError as exc:
+        raise FeatdistillError(f"kd.loss_kwargs {kd.loss_kwargs} do not fit the logit loss {kd.loss!r}: {exc}. "
+                               "Fix kd.loss_kwargs.") from None
+
+
 def _unknown_layers(pairs: list[Pair], student: nn.Module, teacher: nn.Module | None) -> list[str]:
     """Every pair side that names no layer of its model (each with close matches), not just the first."""
     found = []
@@ -139,7 +148,7 @@ class Distiller(nn.Module):
         self.feature_losses = nn.ModuleList(p.loss for p in self.planned)  # parameters train with the student
         # a loss declared it needs sample indices: the loader must yield (x, y, index)
         self.needs_index = any(loss.needs_index for loss in self.feature_losses)
-        self.logit_loss = LOGIT_LOSSES.get(kd.loss)(kd.temperature, **kd.loss_kwargs) if kd is not None else None
+        self.logit_loss = _logit_loss(kd) if kd is not None else None
         self.combiner = LossCombiner(kd, [FeatureTerm(p.pair.key, p.loss, p.pair.weight, p.label)
                                           for p in self.planned], auto, label_smoothing, self.logit_loss)
 

@@ -99,6 +99,8 @@ CASES = [
     ("two kd problems", lambda w: [RESNET, "--set", "kd.temperature=0", "--set", "kd.alpha=2"],
      ["kd.temperature must be > 0", "kd.alpha must be in [0, 1]"], False),
     ("unknown logit loss", lambda w: [RESNET, "--set", "kd.loss=medium"], ["unknown logit loss 'medium'"], False),
+    ("unknown logit loss kwargs", lambda w: [RESNET, "--set", "kd.loss=dkd", "--set", "kd.loss_kwargs={'gama': 2}"],
+     ["kd.loss_kwargs {'gama': 2}", "'dkd'"], False),
     ("negative weight decay", lambda w: [RESNET, "--set", "train.weight_decay=-1"], ["train.weight_decay"], False),
     ("negative momentum", lambda w: [RESNET, "--set", "train.momentum=-0.5"], ["train.momentum"], False),
     ("overflowing seed", lambda w: [RESNET, "--set", "train.seed=99999999999999999999999"], ["train.seed"], False),
