@@ -1,16 +1,25 @@
-"""Logit-only KD vs feature KD, same recipe, same cached teacher, same seeds (paired).
+"""Logit-only KD vs feature KD, same recipe, same cached teacher, same seeds (paired), judged by an interval.
 
 For each recipe and seed, the student is trained in several modes that differ only in the loss:
     alone    the student with cross-entropy only           (--set kd=None --set pairs=[])
     logit    logit KD only                                 (--set pairs=[])
     feature  feature pairs + cross-entropy, no logit KD    (--set kd=None)
     both     the recipe as shipped: logit KD + feature pairs
-Reported: test accuracy mean +- std over seeds, the paired difference to `logit` (mean +- std over seeds),
-and each mode's seconds per epoch as a ratio to `logit`. Writes JSON, a markdown table and a PNG chart.
+Reported per mode: test accuracy mean +- std over seeds; the paired difference to `logit` (seed by seed) with
+its 95% t-interval, a Wilcoxon p-value from 6 seeds on, and the verdict read from the interval: **wins** (all
+above 0), **loses** (all below) or **within noise**; each mode's seconds per epoch as a ratio to `logit`; the
+teacher's test accuracy and the sha256 of its weights, so tables made with different teachers cannot be
+confused. Writes JSON, a markdown table and a PNG chart.
 
-    python benchmarks/compare_kd.py                                   # every shipped recipe, 5 seeds
+    python benchmarks/compare_kd.py                                   # every shipped recipe, seeds 0-9
     python benchmarks/compare_kd.py recipes/vit_to_deit.py --seeds 3 --modes alone both
-    python benchmarks/compare_kd.py recipes/vit_to_deit.py --variant at="pairs.1.loss='attention_transfer'"
+    python benchmarks/compare_kd.py recipes/resnet_to_resnet.py --modes logit both \\
+        --variant at12="pairs=[{'student': 'layer1', 'teacher': 'layer1', 'loss': 'at'}]" \\
+        --select-seeds 0-9 --confirm-seeds 10-19   # choose the best lever on 0-9, report it on 10-19
+
+With `--select-seeds A-B --confirm-seeds C-D`, every mode runs on the selection seeds, the feature mode with the
+largest mean paired gain is chosen there, and only `logit` (plus `alone` if asked) and that mode run on the
+confirmation seeds: the confirmation table is the claim, the selection table shows how it was chosen.
 
 Runs go to --jobs worker processes (default: one per CPU core, each single-threaded; 1 when a GPU is
 visible). These models are too small to keep two cores busy in one process, so two one-thread workers
@@ -24,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -38,6 +49,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from paired import paired, seed_range
 
 from featdistill.cli.run import main as run_main
 from featdistill.cli.run import pick_device
@@ -80,16 +92,19 @@ def stats(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def prepare_teachers(recipe: Path, modes: dict[str, list[str]], extra: list[str]) -> None:
-    """Train (or find) every teacher the modes need, here, before any worker asks the cache for it."""
-    seen = set()
+def prepare_teachers(recipe: Path, modes: dict[str, list[str]], extra: list[str]) -> list[str]:
+    """Train (or find) every teacher the modes need, here, before any worker asks the cache for it; the sha256 of
+    each distinct teacher's weights (its cache file, or its checkpoint)."""
+    seen: dict[Path, str] = {}
     for overrides in modes.values():
         resolved = check(apply_overrides(load_recipe(recipe), extra + overrides), str(recipe))
-        if cache_path(resolved) in seen:
+        path = cache_path(resolved) if resolved.teacher.pretrain is not None else resolved.teacher.checkpoint
+        if path is None or Path(path) in seen:
             continue
-        seen.add(cache_path(resolved))
         with contextlib.redirect_stdout(io.StringIO()):
             prepare_teacher(resolved, make_loaders(resolved.data, 1), pick_device("auto"), quiet=True)
+        seen[Path(path)] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return list(dict.fromkeys(seen.values()))
 
 
 def run_all(recipes: list[Path], modes: dict[str, list[str]], seeds: list[int], extra: list[str], workdir: Path,
@@ -108,11 +123,13 @@ def run_all(recipes: list[Path], modes: dict[str, list[str]], seeds: list[int], 
         remaining[recipe] -= 1
         if remaining[recipe] == 0:
             tables[recipe.stem] = tabulate({m: [summaries[(recipe, m, s)] for s in seeds] for m in modes})
+            tables[recipe.stem]["teacher_sha256"] = hashes[recipe.stem]
             on_recipe_done(recipe.stem, tables[recipe.stem])
 
+    hashes = {}
     for recipe in recipes:
         print(f"{recipe.stem}: modes {list(modes)}, seeds {seeds}", flush=True)
-        prepare_teachers(recipe, modes, extra)
+        hashes[recipe.stem] = prepare_teachers(recipe, modes, extra)
     if jobs == 1:  # in this process, with all its threads
         for key, a in zip(tasks, args):
             record(key, train_once(*a))
@@ -126,7 +143,8 @@ def run_all(recipes: list[Path], modes: dict[str, list[str]], seeds: list[int], 
 
 
 def tabulate(runs: dict[str, list[dict]]) -> dict:
-    """Per mode: accuracy mean +- std over seeds, paired difference to `logit`, seconds/epoch ratio to `logit`."""
+    """Per mode: accuracy mean +- std over seeds; paired difference to `logit` with its 95% interval, Wilcoxon p and
+    verdict; seconds/epoch ratio to `logit`."""
     results = {m: {"accuracy": [r["student_accuracy"] for r in rs], "epoch_seconds": [r["epoch_seconds"] for r in rs]}
                for m, rs in runs.items()}
     base = "logit" if "logit" in results else None
@@ -135,13 +153,22 @@ def tabulate(runs: dict[str, list[dict]]) -> dict:
         mean, std = stats(r["accuracy"])
         row = {"accuracy_mean": mean, "accuracy_std": std, "accuracy": r["accuracy"],
                "epoch_seconds_median": statistics.median(r["epoch_seconds"])}
+        if base and mode != base:
+            diff = paired(r["accuracy"], results[base]["accuracy"])
+            row.update(paired_diff_mean=diff.mean, paired_diff_std=diff.std, paired_diff_low=diff.low,
+                       paired_diff_high=diff.high, wilcoxon_p=diff.p, verdict=diff.verdict)
         if base:
-            diffs = [a - b for a, b in zip(r["accuracy"], results[base]["accuracy"])]
-            row["paired_diff_mean"], row["paired_diff_std"] = stats(diffs)
             row["time_ratio"] = row["epoch_seconds_median"] / statistics.median(results[base]["epoch_seconds"])
         table[mode] = row
     teacher_acc = next(iter(runs.values()))[0]["teacher_accuracy"]
     return {"teacher_accuracy": teacher_acc, "modes": table}
+
+
+def best_lever(table: dict) -> str | None:
+    """The feature mode (anything but `alone` and `logit`) with the largest mean paired gain over `logit`."""
+    levers = {m: row["paired_diff_mean"] for m, row in table["modes"].items() if "paired_diff_mean" in row
+              and m != "alone"}
+    return max(levers, key=levers.get) if levers else None
 
 
 def markdown(all_results: dict, meta: dict) -> str:
@@ -149,16 +176,19 @@ def markdown(all_results: dict, meta: dict) -> str:
     wall = f", {meta['wall_minutes']} min" if "wall_minutes" in meta else ""
     lines = [f"seeds {meta['seeds']}, {meta['date']}, {meta['machine']}, {how}{wall}, torch {meta['torch']}",
              f"command: `{meta['command']}`", "",
-             "| recipe | mode | test accuracy (mean +- std) | paired diff to logit KD | time/epoch vs logit KD |",
-             "|---|---|---:|---:|---:|"]
+             "| recipe | mode | test accuracy (mean +- std) | paired diff to logit KD [95% CI] | verdict | "
+             "time/epoch vs logit KD |",
+             "|---|---|---:|---:|---|---:|"]
     for recipe, res in all_results.items():
         for mode, row in res["modes"].items():
-            diff = (f"{100 * row['paired_diff_mean']:+.2f} +- {100 * row['paired_diff_std']:.2f}"
-                    if "paired_diff_mean" in row else "-")
+            diff = (f"{100 * row['paired_diff_mean']:+.2f} [{100 * row['paired_diff_low']:+.2f}, "
+                    f"{100 * row['paired_diff_high']:+.2f}]" if "paired_diff_mean" in row else "-")
+            p = f" (p={row['wilcoxon_p']:.3f})" if row.get("wilcoxon_p") is not None else ""
             ratio = f"{row['time_ratio']:.2f}x" if "time_ratio" in row else "-"
             lines.append(f"| {recipe} | {mode} | {100 * row['accuracy_mean']:.2f} +- {100 * row['accuracy_std']:.2f} "
-                         f"| {diff} | {ratio} |")
-        lines.append(f"| {recipe} | teacher | {100 * res['teacher_accuracy']:.2f} | | |")
+                         f"| {diff} | {row.get('verdict', 'baseline') + p if 'verdict' in row else '-'} | {ratio} |")
+        hashes = ", ".join(h[:12] for h in res.get("teacher_sha256", [])) or "?"
+        lines.append(f"| {recipe} | teacher | {100 * res['teacher_accuracy']:.2f} | sha256 {hashes} | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -169,12 +199,12 @@ def plot(all_results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     recipes = list(all_results)
-    modes = list(next(iter(all_results.values()))["modes"])
+    modes = list(dict.fromkeys(m for r in recipes for m in all_results[r]["modes"]))  # a confirmation may differ
     fig, ax = plt.subplots(figsize=(2.5 + 2.2 * len(recipes), 4))
     width = 0.8 / len(modes)
     for i, mode in enumerate(modes):
-        means = [100 * all_results[r]["modes"][mode]["accuracy_mean"] for r in recipes]
-        stds = [100 * all_results[r]["modes"][mode]["accuracy_std"] for r in recipes]
+        rows = [all_results[r]["modes"].get(mode, {"accuracy_mean": math.nan, "accuracy_std": 0.0}) for r in recipes]
+        means, stds = [100 * row["accuracy_mean"] for row in rows], [100 * row["accuracy_std"] for row in rows]
         ax.bar([j + i * width for j in range(len(recipes))], means, width, yerr=stds, capsize=3,
                label=LABELS.get(mode, mode))
     lows = [100 * min(row["accuracy_mean"] - row["accuracy_std"] for row in all_results[r]["modes"].values())
@@ -192,9 +222,12 @@ def plot(all_results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipes", nargs="*", type=Path, help="default: every recipe in recipes/")
-    p.add_argument("--seeds", type=int, default=5, help="how many seeds")
+    p.add_argument("--seeds", type=int, default=10, help="how many seeds (paired across modes)")
     p.add_argument("--first-seed", type=int, default=0,
-                   help="seeds run from here: confirm a choice made on seeds 0-4 with --first-seed 5")
+                   help="seeds run from here: check a table on seeds it does not list with --first-seed 40")
+    p.add_argument("--select-seeds", type=seed_range, metavar="A-B",
+                   help="choose the best feature mode on these seeds ...")
+    p.add_argument("--confirm-seeds", type=seed_range, metavar="C-D", help="... and report it on these")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[;OVERRIDE]",
                    help="an extra mode: the recipe with these --set overrides, e.g. at=pairs.1.loss='at'")
@@ -210,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         args.jobs = 1 if torch.cuda.is_available() else (os.cpu_count() or 1)
     if args.jobs < 1:
         p.error(f"--jobs must be 1 or more, got {args.jobs}")
+    if (args.select_seeds is None) != (args.confirm_seeds is None):
+        p.error("--select-seeds and --confirm-seeds go together")
+    if args.select_seeds and set(args.select_seeds) & set(args.confirm_seeds):
+        p.error("selection and confirmation seeds must not overlap: a lever chosen on a seed says nothing there")
     if args.merge:
         return merge(args.merge, args.out / args.tag)
     recipes = args.recipes or sorted((ROOT / "recipes").glob("*.py"))
@@ -217,31 +254,55 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variant:
         name, _, overrides = variant.partition("=")
         modes[name] = [o for o in overrides.split(";") if o]
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    jobs = max(1, min(args.jobs, len(recipes) * len(seeds) * len(modes)))
+    if "logit" not in modes:
+        modes = {"logit": MODES["logit"], **modes}  # every verdict is against logit KD
+    command = "python benchmarks/compare_kd.py " + shell_join(sys.argv[1:] if argv is None else argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.select_seeds is None:
+        seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+        print(markdown(*measure(recipes, {r.stem: modes for r in recipes}, seeds, args, command, args.tag)))
+        return 0
+    selected, meta = measure(recipes, {r.stem: modes for r in recipes}, args.select_seeds, args, command,
+                             f"{args.tag}_select")
+    print("selection:\n" + markdown(selected, meta))
+    chosen = {r.stem: best_lever(selected[r.stem]) for r in recipes}
+    confirm = {r.stem: {m: o for m, o in modes.items() if m in ("alone", "logit", chosen[r.stem])} for r in recipes}
+    confirmed, meta = measure(recipes, confirm, args.confirm_seeds, args, command, f"{args.tag}_confirm",
+                              {"selected_on": args.select_seeds, "chosen": chosen})
+    print(f"chosen on seeds {args.select_seeds[0]}-{args.select_seeds[-1]}: {chosen}\nconfirmation (the claim):\n"
+          + markdown(confirmed, meta))
+    return 0
+
+
+def measure(recipes: list[Path], modes: dict[str, dict[str, list[str]]], seeds: list[int], args, command: str,
+            tag: str, extra_meta: dict | None = None) -> tuple[dict, dict]:
+    """Run every recipe's modes on ``seeds``; write ``<tag>.json/.md/.png`` as each recipe completes."""
+    runs = sum(len(m) for m in modes.values()) * len(seeds)
+    jobs = max(1, min(args.jobs, runs))
     threads = torch.get_num_threads() if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "jobs": jobs, "threads_per_job": threads, "torch": torch.__version__, "seeds": seeds, "modes": modes,
-            "extra": args.extra,
-            "command": "python benchmarks/compare_kd.py " + shell_join(sys.argv[1:] if argv is None else argv)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    all_results = {}
+            "jobs": jobs, "threads_per_job": threads, "torch": torch.__version__, "seeds": seeds,
+            "modes": {r: list(m) for r, m in modes.items()}, "overrides": {m: o for ms in modes.values()
+                                                                            for m, o in ms.items()},
+            "extra": args.extra, "command": command, **(extra_meta or {})}
+    results: dict = {}
     start = time.perf_counter()
 
     def done(name: str, table: dict) -> None:  # written after each recipe: a long run keeps what it has
-        all_results[name] = table
+        results[name] = table
         meta["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)
-        write(all_results, meta, args.out / args.tag)
+        write(results, meta, args.out / tag)
 
     with tempfile.TemporaryDirectory() as tmp:
-        run_all(recipes, modes, seeds, args.extra, Path(tmp), jobs, threads, done)
-    print(markdown(all_results, meta))
-    return 0
+        for recipe in recipes:
+            run_all([recipe], modes[recipe.stem], seeds, args.extra, Path(tmp), jobs, threads, done)
+    return results, meta
 
 
 def merge(paths: list[Path], stem: Path) -> int:
     loaded = [json.loads(p.read_text()) for p in paths]
-    shared = [m for m in loaded[0]["meta"]["modes"] if all(m in d["meta"]["modes"] for d in loaded)]
+    tables = [res["modes"] for d in loaded for res in d["results"].values()]
+    shared = [m for m in tables[0] if all(m in t for t in tables)]
     results = {name: {**res, "modes": {m: res["modes"][m] for m in shared}}
                for d in loaded for name, res in d["results"].items()}
     meta = {**loaded[0]["meta"], "command": "; ".join(d["meta"]["command"] for d in loaded)}

@@ -37,8 +37,50 @@ def test_compare_kd_writes_paired_results(tmp_path):
     # the paired difference is taken seed by seed against the logit-KD baseline
     diffs = [a - b for a, b in zip(alone, logit)]
     assert result["alone"]["paired_diff_mean"] == pytest.approx(sum(diffs) / 2)
-    assert result["alone"]["paired_diff_std"] == pytest.approx(abs(diffs[0] - diffs[1]) / 2 ** 0.5)
-    assert (out / "t.md").read_text().count("| vit_to_deit |") == 3 and (out / "t.png").stat().st_size > 0
+    std = abs(diffs[0] - diffs[1]) / 2 ** 0.5
+    assert result["alone"]["paired_diff_std"] == pytest.approx(std)
+    half = 12.706204736 * std / 2 ** 0.5  # t(0.975, 1 degree of freedom) * standard error
+    assert result["alone"]["paired_diff_low"] == pytest.approx(sum(diffs) / 2 - half)
+    assert result["alone"]["paired_diff_high"] == pytest.approx(sum(diffs) / 2 + half)
+    assert result["alone"]["verdict"] in ("wins", "within noise", "loses") and "verdict" not in result["logit"]
+    assert len(saved["results"]["vit_to_deit"]["teacher_sha256"][0]) == 64
+    table = (out / "t.md").read_text()
+    assert table.count("| vit_to_deit |") == 3 and "[95% CI] | verdict |" in table and "sha256" in table
+    assert (out / "t.png").stat().st_size > 0
+
+
+def test_paired_interval_and_verdict_by_hand():
+    paired = load("paired")
+    # d = 1, 2, 3, 4: mean 2.5, s = sqrt(5/3), se = s / 2, t(0.975, 3) = 3.182446305
+    result = paired.paired([2.0, 4.0, 6.0, 8.0], [1.0, 2.0, 3.0, 4.0])
+    half = 3.182446305 * (5 / 3) ** 0.5 / 2
+    assert result.mean == pytest.approx(2.5) and result.std == pytest.approx((5 / 3) ** 0.5)
+    assert (result.low, result.high) == (pytest.approx(2.5 - half), pytest.approx(2.5 + half))
+    assert result.low == pytest.approx(0.44574, abs=1e-5) and result.verdict == "wins" and result.p is None
+    assert paired.paired([1.0, -1.0, 2.0], [0.0, 0.0, 0.0]).verdict == "within noise"
+    assert paired.paired([-1.0, -2.0, -3.0, -4.0], [0.0] * 4).verdict == "loses"
+    # six differences, all positive: the exact two-sided Wilcoxon p is 2 / 2^6
+    assert paired.paired([1.0, 2, 3, 4, 5, 6], [0.0] * 6).p == pytest.approx(2 / 64)
+    assert paired.seed_range("40-44") == [40, 41, 42, 43, 44] and paired.seed_range("7") == [7]
+    with pytest.raises(ValueError, match="A-B"):
+        paired.seed_range("a-b")
+
+
+def test_compare_kd_chooses_on_selection_seeds_and_reports_on_confirmation_seeds(tmp_path):
+    recipe = str(BENCH.parent / "recipes" / "resnet_to_resnet.py")
+    assert load("compare_kd").main([recipe, "--modes", "logit", "both", "--variant", "l1=pairs=[{'student': "
+                                    "'layer1', 'teacher': 'layer1', 'loss': 'at', 'weight': 'auto'}]",
+                                    "--select-seeds", "0-1", "--confirm-seeds", "2-3", "--set", "train.epochs=1",
+                                    "--set", "teacher.pretrain.epochs=1", "--out", str(tmp_path), "--tag", "p"]) == 0
+    select = json.loads((tmp_path / "p_select.json").read_text())
+    confirm = json.loads((tmp_path / "p_confirm.json").read_text())
+    assert select["meta"]["seeds"] == [0, 1] and confirm["meta"]["seeds"] == [2, 3]
+    modes = select["results"]["resnet_to_resnet"]["modes"]
+    chosen = max(("both", "l1"), key=lambda m: modes[m]["paired_diff_mean"])
+    assert confirm["meta"]["chosen"] == {"resnet_to_resnet": chosen}
+    assert list(confirm["results"]["resnet_to_resnet"]["modes"]) == ["logit", chosen]
+    with pytest.raises(SystemExit):  # a lever cannot be confirmed on the seeds that chose it
+        load("compare_kd").main([recipe, "--select-seeds", "0-4", "--confirm-seeds", "4-9"])
 
 
 def test_compare_kd_parallel_workers_match_one_thread_in_process(tmp_path, monkeypatch):
