@@ -8,11 +8,13 @@ code that fills them; ``problems()`` imports them on first use.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .checks import layer_names, layer_problems
+from .checks import number as _number
+from .checks import unknown as _unknown
 from .errors import did_you_mean
 
 # How a Pair reads a layer: its output, its input, or (for a fused-qkv attention module) the attention
@@ -26,30 +28,6 @@ AMP = ("none", "bf16", "fp16")
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}  # as the archives extract
 IMAGEFOLDER_LAYOUT = "ROOT/train/<class>/*.png|jpg, optionally ROOT/val/<class>/... and ROOT/test/<class>/..."
-
-
-def _registry(kind: str):
-    """The registry of ``'loss'``, ``'logit loss'`` or ``'adapter'`` names (imports torch, so only when asked)."""
-    if kind == "adapter":
-        from .adapters import ADAPTERS
-
-        return ADAPTERS
-    from .losses import LOGIT_LOSSES, LOSSES
-
-    return LOGIT_LOSSES if kind == "logit loss" else LOSSES
-
-
-def _unknown(where: str, kind: str, name: str, extra: tuple[str, ...] = ()) -> list[str]:
-    registry = _registry(kind)
-    if name in registry or name in extra:
-        return []
-    known = ", ".join([*extra, *registry])
-    return [f"{where}: unknown {kind} {name!r}.{did_you_mean(name, [*extra, *registry], 1)} Known: {known}"]
-
-
-def _number(value: Any) -> bool:
-    """A finite int or float (``inf`` and ``nan`` are never a sensible setting here)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -90,7 +68,9 @@ class Pair:
     """One feature pair: ``weight * loss(adapter(student_layer), teacher_layer)``.
 
     Args:
-        student, teacher: module names as ``model.named_modules()`` gives them.
+        student, teacher: module names as ``model.named_modules()`` gives them; for a multi-layer loss (ReviewKD),
+            a tuple of names per side, ordered shallow -> deep, paired level by level: one term
+            ``weight * loss([S_1..S_L], [T_1..T_L])`` whose loss holds its own modules (no adapter).
         loss: a name in ``featdistill.losses.LOSSES``, a ``featdistill.losses.Loss`` (class or instance), or a
             callable ``(student, teacher) -> scalar``.
         adapter: a name in ``featdistill.adapters.ADAPTERS``, ``'auto'`` (chosen from the measured
@@ -107,13 +87,14 @@ class Pair:
         repeat: policy for a layer that runs more than once per forward (see ``FeatureHooks``).
         normalize: ``'teacher'`` layer-normalises the teacher feature over channels at each position
             before the loss (parameter-free), ``'both'`` does it to the adapted student feature too.
-        name: the key in the step's result, ``feat/<name>``; defaults to ``'<student>~<teacher>'``.
+        name: the key in the step's result, ``feat/<name>``; defaults to ``'<student>~<teacher>'`` (a multi-layer
+            term: ``'layer1+layer2~layer1+layer2'``).
         loss_kwargs / adapter_kwargs: extra keyword arguments for the loss / the adapter factory (e.g. the
             token layout ``student_grid=(h, w), student_prefix=k``).
     """
 
-    student: str
-    teacher: str
+    student: str | tuple[str, ...] | list[str]
+    teacher: str | tuple[str, ...] | list[str]
     loss: Any = "mse"
     adapter: Any = "auto"
     weight: float | str = 1.0
@@ -127,16 +108,27 @@ class Pair:
     loss_kwargs: dict = field(default_factory=dict)
     adapter_kwargs: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        for side in ("student", "teacher"):  # a list of names is kept as a tuple: frozen, hashable
+            if isinstance(getattr(self, side), list):
+                object.__setattr__(self, side, tuple(getattr(self, side)))
+
+    @property
+    def multi_layer(self) -> bool:
+        """Whether this pair names several layers per side (a tuple of names): one multi-layer term."""
+        return not (isinstance(self.student, str) and isinstance(self.teacher, str))
+
+    def layers(self, side: str) -> tuple[str, ...]:
+        """The module names ``side`` (``'student'`` or ``'teacher'``) reads, shallow -> deep."""
+        return layer_names(getattr(self, side))
+
     @property
     def key(self) -> str:
-        return self.name or f"{self.student}~{self.teacher}"
+        return self.name or "~".join("+".join(map(str, self.layers(side))) for side in ("student", "teacher"))
 
     def problems(self) -> list[str]:
         where = f"pair {self.key!r}"
-        found = []
-        for side in ("student", "teacher"):
-            if not isinstance(getattr(self, side), str) or not getattr(self, side):
-                found.append(f"{where}: {side} must be a non-empty module name, got {getattr(self, side)!r}")
+        found = layer_problems(where, self)
         if isinstance(self.loss, str):
             found += _unknown(where, "loss", self.loss)
         elif not callable(self.loss):

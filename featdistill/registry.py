@@ -40,6 +40,14 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def entries(self) -> list[tuple[list[str], Any]]:
+        """Each registered object once with all its names (the first registered first, then its aliases), in
+        registration order."""
+        grouped: dict[int, tuple[list[str], Any]] = {}
+        for name, obj in self._items.items():
+            grouped.setdefault(id(obj), ([], obj))[0].append(name)
+        return list(grouped.values())
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

@@ -127,3 +127,30 @@ def test_recorded_command_splits_back_into_the_same_arguments():
     argv = ["recipes/a.py", "--variant", "x=pairs=[{'student':'layer2'}]", "--set", 'a="b"', "--set", "c=$HOME"]
     command = load("compare_kd").shell_join(argv)
     assert shlex.split(command) == argv and "\"x=pairs=[{'student':'layer2'}]\"" in command
+
+
+def test_losses_vs_torchdistill_tensors_reload_with_weights_only_and_table_rows(tmp_path):
+    """Without torchdistill: the saved inputs are plain tensors that load with weights_only=True, are the same for
+    the same seed, and the table formats matched, differing and one-sided rows."""
+    import torch
+
+    bench = load("losses_vs_torchdistill")
+    sizes = dict(seed=1, batch=4, classes=5, num_samples=16, negatives=3)
+    x = bench.save_and_reload(bench.make_tensors(**sizes), tmp_path / "t.pt")
+    again = torch.load(tmp_path / "t.pt", weights_only=True)
+    assert set(x) == set(again) and all(torch.equal(x[k], v) for k, v in bench.make_tensors(**sizes).items())
+    assert x["logits_s"].shape == (4, 5) and x["feat_s"].shape == (4, 16, 8, 8)
+    assert x["hint_s"].shape == x["feat_t"].shape == (4, 32, 8, 8)  # equal widths where a loss needs them
+    assert x["crd_negatives"].shape == (2, 4, 3) and not (x["crd_negatives"] == x["index"][None, :, None]).any()
+    rows = [bench.row("KD (soft)", "T=4", 2.0, 2.0 * (1 + 1e-7), notes=["kd-target"]),
+            bench.row("KD (soft)", "as called", 2.0, 0.125, "as called", ["kd-t2", "kd-defaults"]),
+            bench.row("DKD", "T=4", 1.5, None, "featdistill only")]
+    assert rows[0]["rel_diff"] == pytest.approx(1e-7, rel=1e-3) and rows[2]["rel_diff"] is None
+    lines = bench.format_table(rows).splitlines()
+    number = {key: str(i + 1) for i, key in enumerate(bench.DIFFERENCES)}
+    assert lines[0].startswith("| loss | setting | kind | featdistill | torchdistill | rel. diff |") and len(lines) == 5
+    assert lines[2] == f"| KD (soft) | T=4 | matched | 2 | 2 | 1.0e-07 | {number['kd-target']} |"
+    assert lines[3].endswith(f"| 0.125 | 1.5e+01 | {number['kd-t2']}, {number['kd-defaults']} |")
+    assert lines[4] == "| DKD | T=4 | featdistill only | 1.5 | - | - | - |"
+    listed = bench.format_differences(["kd-t2"])
+    assert listed.startswith(f"{number['kd-t2']}. **KD (soft)** (`kd-t2`). torchdistill: ") and "Paper:" in listed

@@ -37,11 +37,13 @@ def readme_names(heading: str) -> set[str]:
 def test_shipped_registries_hold_exactly_the_documented_names():
     losses = {"mse", "smooth_l1", "cosine", "attention_transfer", "at", "attention_transfer_tokens", "attention_kl",
               "value_relation_kl", "attention_mse", "sp", "similarity_preserving", "rkd", "relational_kd", "pkt",
-              "probabilistic_kt", "cc", "correlation_congruence"}
+              "probabilistic_kt", "cc", "correlation_congruence", "nst", "vid", "crd",
+              "review_kd", "reviewkd"}
     logit = {"soft", "hard", "dkd", "dist", "ls", "logit_standardized"}
     adapters = {"identity", "linear", "mlp", "conv1x1", "resize", "tokens", "tokens_to_map", "map_to_tokens",
                 "attention"}
     assert set(LOSSES) == losses and set(ADAPTERS) == adapters and set(LOGIT_LOSSES) == logit
     # every registered name is documented where users look for it
-    documented = readme_names("Losses") | readme_names("Relational losses")
+    documented = readme_names("Losses") | readme_names("Relational losses") | readme_names("Multi-layer losses")
+    documented |= readme_names("Contrastive losses")
     assert losses <= documented and adapters <= readme_names("Adapters") and logit <= readme_names("Logit losses")

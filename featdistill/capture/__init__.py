@@ -5,16 +5,17 @@
 - :mod:`.qkv`: attention maps recomputed from a fused ``qkv`` output (``QkvToAttention``, ``attention_maps``).
 - :mod:`.taps`: ``Tap`` (one side of a pair, one builder per capture kind) and ``TapSet`` (a model's taps, read
   in one forward).
-- :mod:`.pairing`: automatic layer pairs by relative depth.
+- :mod:`.pairing`: one tap per paired layer and back to one feature per pair (``pair_taps``, ``per_pair``);
+  automatic layer pairs by relative depth.
 """
 
 from .hooks import FeatureHooks, count_hooks, list_layers, resolve_module, select_tensor
-from .pairing import auto_pairs, block_names, uniform_mapping
+from .pairing import auto_pairs, block_names, pair_taps, per_pair, uniform_mapping
 from .qkv import QkvToAttention, QkvToValueRelation, attention_layer_names, attention_maps, qkv_transform
 from .taps import TAPS, Tap, TapSet, make_tap
 
 __all__ = [
     "TAPS", "FeatureHooks", "QkvToAttention", "QkvToValueRelation", "Tap", "TapSet", "attention_layer_names",
-    "attention_maps", "auto_pairs", "block_names", "count_hooks", "list_layers", "make_tap", "qkv_transform",
-    "resolve_module", "select_tensor", "uniform_mapping",
+    "attention_maps", "auto_pairs", "block_names", "count_hooks", "list_layers", "make_tap", "pair_taps",
+    "per_pair", "qkv_transform", "resolve_module", "select_tensor", "uniform_mapping",
 ]

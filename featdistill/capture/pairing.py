@@ -1,18 +1,44 @@
-"""Automatic layer pairing by relative depth (TinyBERT's uniform mapping).
+"""Layer pairing: which layers each pair reads, and automatic pairs by relative depth (TinyBERT's uniform mapping).
 
-``auto_pairs(teacher, student)`` finds the repeated residual blocks of both models and pairs student
-block ``i`` with the teacher block at the same relative depth, so a 4-block student learns from teacher
-blocks 3, 6, 9 and 12 of 12. Every pair comes with a one-line explanation for logs and ``--dry-run``.
+``pair_taps`` / ``per_pair`` turn pairs into one tap per layer and the captures back into one feature per pair (a
+list, shallow -> deep, for a multi-layer pair such as ReviewKD's). ``auto_pairs(teacher, student)`` finds the
+repeated residual blocks of both models and pairs student block ``i`` with the teacher block at the same relative
+depth, so a 4-block student learns from teacher blocks 3, 6, 9 and 12 of 12. Every pair comes with a one-line
+explanation for logs and ``--dry-run``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from ..config import Pair
 from ..errors import FeatdistillError
+from .taps import Tap, make_tap
+
+
+def pair_taps(model: nn.Module, pairs: Sequence[Pair], side: str) -> list[Tap]:
+    """The taps ``side`` (``'student'`` or ``'teacher'``) reads on ``model``: one per layer, in pair order (a
+    multi-layer pair: each of its layers, shallow -> deep). The teacher side uses ``teacher_select`` if given."""
+    taps = []
+    for p in pairs:
+        select = p.teacher_select if side == "teacher" and p.teacher_select is not None else p.select
+        taps += [make_tap(model, name, p.capture, select, p.repeat) for name in p.layers(side)]
+    return taps
+
+
+def per_pair(pairs: Sequence[Pair], features: Sequence[torch.Tensor]) -> list[torch.Tensor | list[torch.Tensor]]:
+    """Features captured by :func:`pair_taps` (one per tap) regrouped one entry per pair: the tensor of a
+    single-layer pair, the list of tensors (shallow -> deep) of a multi-layer one."""
+    grouped, at = [], 0
+    for p in pairs:
+        n = len(p.layers("student"))
+        grouped.append(list(features[at:at + n]) if p.multi_layer else features[at])
+        at += n
+    return grouped
 
 # Tier 1: unambiguous residual-block class names (timm/torchvision ViT, DeiT, ResNet, MobileNet,
 # EfficientNet, ConvNeXt, Swin, torch.nn.TransformerEncoderLayer ...).

@@ -7,22 +7,26 @@ Exit codes: 0 ok, 2 a problem in the input (the message says what and how to fix
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import signal
 import sys
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..capture import list_layers
-from ..config import Recipe
+from ..config import Pair, Recipe
 from ..data import make_loaders, sample_batch
 from ..distill import Distiller
-from ..errors import FeatdistillError, RecipeError, explain
+from ..errors import FeatdistillError, RecipeError, UnknownNameError, explain
+from ..losses import LOSSES, Loss
 from ..models import build_model, count_params
 from ..recipe import load_recipe, try_overrides, validate
 from ..train import CHECKPOINT, METRICS, Interrupted, NonFiniteLoss, StopRequest, Trainer, read_checkpoint, trim_metrics
+from .list_losses import list_losses_cmd
 from .report import finish, summarize
 from .rundir import SAFE_ON_RESUME, new_run_dir, record_run, resume_recipe
 from .teacher import prepare_teacher
@@ -40,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.add_argument("--dry-run", action="store_true", help="build both models, print the plan, do not train")
     p.add_argument("--list-layers", choices=["teacher", "student"], help="print module names and output shapes")
+    p.add_argument("--list-losses", action="store_true",
+                   help="print every registered loss (grouped, with aliases, defaults and needs) and exit; no recipe")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs, as a crash would (to test resume)")
     return p.parse_args(argv)
@@ -73,12 +79,38 @@ def resolve(args: argparse.Namespace) -> tuple[Recipe, Path, list[str]]:
     return recipe, path, args.overrides
 
 
-def build_distiller(recipe: Recipe, teacher, student, sample: torch.Tensor) -> Distiller:
-    return Distiller(teacher, student, recipe.pairs, kd=recipe.kd, sample_input=sample,
+def _wants_num_samples(pair: Pair) -> bool:
+    """Whether the pair's loss keeps a memory of every training sample (declares ``needs_index`` and takes
+    ``num_samples``) and its ``loss_kwargs`` leave that number out."""
+    if "num_samples" in pair.loss_kwargs:
+        return False
+    try:
+        entry = LOSSES.get(pair.loss) if isinstance(pair.loss, str) else pair.loss
+    except UnknownNameError:
+        return False  # the Distiller reports it
+    if isinstance(entry, Loss) or not getattr(entry, "needs_index", False):
+        return False
+    takes = [entry.build, entry] if isinstance(entry, type) else [entry]
+    try:
+        return any("num_samples" in inspect.signature(f).parameters for f in takes)
+    except (TypeError, ValueError):
+        return False
+
+
+def build_distiller(recipe: Recipe, teacher, student, sample: torch.Tensor,
+                    num_samples: int | None = None) -> Distiller:
+    """The recipe's Distiller; a loss with a per-sample memory bank (``crd``) gets ``num_samples``, the size of the
+    training split, unless the pair's ``loss_kwargs`` give it."""
+    pairs = recipe.pairs
+    if num_samples is not None and isinstance(pairs, (list, tuple)):
+        pairs = [replace(p, loss_kwargs={**p.loss_kwargs, "num_samples": num_samples}) if _wants_num_samples(p)
+                 else p for p in pairs]
+    return Distiller(teacher, student, pairs, kd=recipe.kd, sample_input=sample,
                      label_smoothing=recipe.train.label_smoothing)
 
 
-def preflight(recipe: Recipe, num_classes: int, sample: torch.Tensor, device: torch.device) -> Distiller:
+def preflight(recipe: Recipe, num_classes: int, sample: torch.Tensor, device: torch.device,
+              num_samples: int | None = None) -> Distiller:
     """Build both models and the Distiller on a sample batch before anything expensive: every model setting,
     layer name, shape, adapter and loss is checked here, not after the teacher stage. The caller closes it."""
     models = []
@@ -96,7 +128,7 @@ def preflight(recipe: Recipe, num_classes: int, sample: torch.Tensor, device: to
                 f"{str(exc).splitlines()[0] if str(exc) else ''}. Make {side}.kwargs (e.g. img_size) fit the data."
             ) from None
         models.append(model.train())
-    return build_distiller(recipe, *models, sample)
+    return build_distiller(recipe, *models, sample, num_samples)
 
 
 def list_layers_cmd(recipe: Recipe, which: str) -> int:
@@ -111,6 +143,8 @@ def list_layers_cmd(recipe: Recipe, which: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.list_losses:
+        return list_losses_cmd()
     recipe, recipe_path, overrides = resolve(args)
     if args.list_layers:
         return list_layers_cmd(recipe, args.list_layers)
@@ -118,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     train = recipe.train
     loaders = make_loaders(recipe.data, train.batch_size, seed=train.seed)
     sample = sample_batch(recipe.data, 2).to(device)
-    with preflight(recipe, loaders.num_classes, sample, device) as checked:
+    with preflight(recipe, loaders.num_classes, sample, device, len(loaders.train.dataset)) as checked:
         if args.dry_run:
             print(f"recipe {recipe_path} on {device}; data {recipe.data.name}: {len(loaders.train.dataset)} train / "
                   f"{len(loaders.val.dataset)} val / {len(loaders.test.dataset)} test, {loaders.num_classes} classes")
@@ -146,7 +180,7 @@ def train_and_report(args: argparse.Namespace, recipe: Recipe, loaders, sample: 
                                               stop=stop)
     torch.manual_seed(train.seed)
     student = build_model(recipe.student, loaders.num_classes, loaders.in_chans, where="student").to(device)
-    distiller = build_distiller(recipe, teacher, student, sample)
+    distiller = build_distiller(recipe, teacher, student, sample, len(loaders.train.dataset))
     if distiller.needs_index:  # a loss with a memory bank: batches carry the samples' indices
         loaders = make_loaders(recipe.data, train.batch_size, seed=train.seed, with_index=True)
     if not args.quiet:

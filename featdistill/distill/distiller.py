@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..capture import TapSet, auto_pairs, make_tap, resolve_module
+from ..capture import TapSet, auto_pairs, pair_taps, per_pair, resolve_module
 from ..config import AutoPairs, LogitKD, Pair
 from ..data.batch import Batch
 from ..errors import FeatdistillError, UnknownNameError
@@ -17,7 +17,7 @@ from ..losses import LOGIT_LOSSES
 from .calibration import AutoWeights
 from .combiner import FeatureTerm, LossCombiner
 from .logits import split_logits
-from .plan import PlannedPair, format_plan, plan_pair
+from .plan import PlannedPair, format_plan, plan_multi, plan_pair
 from .teachers import LiveTeacher, Teacher
 
 _DEFAULT_KD = LogitKD()
@@ -51,16 +51,17 @@ def _logit_loss(kd: LogitKD) -> nn.Module:
 
 
 def _unknown_layers(pairs: list[Pair], student: nn.Module, teacher: nn.Module | None) -> list[str]:
-    """Every pair side that names no layer of its model (each with close matches), not just the first."""
+    """Every layer name that names no layer of its model (each with close matches), not just the first."""
     found = []
     for pair in pairs:
         for side, model in (("student", student), ("teacher", teacher)):
             if model is None:  # a Teacher stand-in without a model checks its own names
                 continue
-            try:
-                resolve_module(model, getattr(pair, side))
-            except UnknownNameError as exc:
-                found.append(f"pair {pair.key!r}, {side}: {exc}")
+            for i, name in enumerate(pair.layers(side)):
+                try:
+                    resolve_module(model, name)
+                except UnknownNameError as exc:  # a multi-layer pair says which level: teacher[1]
+                    found.append(f"pair {pair.key!r}, {side}{f'[{i}]' if pair.multi_layer else ''}: {exc}")
     return found
 
 
@@ -70,7 +71,8 @@ class Distiller(nn.Module):
     ``forward(x, y)`` gets the teacher's side of the step (the frozen teacher run in ``eval()`` under
     ``no_grad``, or any other :class:`~featdistill.distill.teachers.Teacher`), runs the student on ``x``, reads
     the hooked layers, applies the adapters and returns a dict of scalar tensors: ``'loss'`` (what to
-    backpropagate), ``'task'``, ``'kd'`` and ``'feat/<pair>'``. ``x`` is an input batch (e.g. ``[B, 3, H, W]``),
+    backpropagate), ``'task'``, ``'kd'`` and ``'feat/<pair>'`` (a multi-layer pair such as ReviewKD's is one term
+    whose loss receives the lists of its layers' features). ``x`` is an input batch (e.g. ``[B, 3, H, W]``),
     a mapping of model inputs (``input_ids [B, T]``, ``attention_mask``, ...; the model is called with
     ``**x``) or a :class:`~featdistill.data.batch.Batch`; ``y`` labels ``[B]`` (or ``[B, T]`` tokens, -100
     ignored); ``index`` ``[B]`` sample indices for losses that declare ``needs_index``.
@@ -132,8 +134,7 @@ class Distiller(nn.Module):
         self.adapters = nn.ModuleList()
         self.planned: list[PlannedPair] = []
         try:
-            taps = [make_tap(student, p.student, p.capture, p.select, p.repeat) for p in pairs]
-            self.student_taps = TapSet(student, taps, detach=False, side="student")
+            self.student_taps = TapSet(student, pair_taps(student, pairs, "student"), detach=False, side="student")
             source.bind(pairs)
             if pairs:
                 self._plan(sample_input)
@@ -162,12 +163,13 @@ class Distiller(nn.Module):
             self.student.eval()
             with torch.no_grad():
                 t_feats = self.teacher_source(batch, need_logits=False).features
-                s_feats = self.student_taps.run(lambda: batch.run(self.student))[1]
+                s_feats = per_pair(self.pairs, self.student_taps.run(lambda: batch.run(self.student))[1])
         finally:
             self.student.train(was_training)
         device = next((p.device for p in self.student.parameters()), torch.device("cpu"))
         for pair, s, t in zip(self.pairs, s_feats, t_feats):
-            planned = plan_pair(pair, s, t, self.student, self.teacher, device)
+            planned = plan_multi(pair, s, t, device) if pair.multi_layer else \
+                plan_pair(pair, s, t, self.student, self.teacher, device)
             self.adapters.append(planned.adapter)
             self.planned.append(planned)
 
@@ -195,12 +197,16 @@ class Distiller(nn.Module):
         if self.kd is not None or self.pairs:
             teacher_logits, t_feats = self.teacher_source(batch, need_logits=self.kd is not None)
         s_out, s_feats = self.student_taps.run(lambda: batch.run(self.student))
+        s_feats = per_pair(self.pairs, s_feats)
         if self.logits_from is not None:
             task_logits = kd_logits = self.logits_from(s_out)
         else:
             task_logits, kd_logits = split_logits(s_out)
         aligned = []
         for pair, adapter, s, t in zip(self.pairs, self.adapters, s_feats, t_feats):
+            if pair.multi_layer:  # lists of features, shallow -> deep; the loss holds what maps them
+                aligned.append((s, t))
+                continue
             s, t = adapter(s), adapter.target(t)
             if pair.normalize is not None:
                 t = channel_layer_norm(t)

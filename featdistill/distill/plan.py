@@ -2,7 +2,8 @@
 
 One no-grad forward of both models on ``sample_input`` gives every paired feature's shape; from them each pair
 gets its adapter (``'auto'`` chooses from the shapes and the declared token layouts) and its loss module, and
-both are checked to produce equal shapes before any training step runs.
+both are checked to produce equal shapes before any training step runs. A multi-layer pair (ReviewKD) gets no
+adapter: its loss is built from every level's shapes and called once on the dry-run features.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..adapters import Adapter, adapter_name, build_adapter, model_token_hints
+from ..adapters import Adapter, Identity, adapter_name, build_adapter, model_token_hints
 from ..config import Pair
 from ..errors import FeatdistillError, ShapeError
 from ..losses import Loss, build_loss
@@ -21,12 +22,13 @@ from ..models import count_params
 
 @dataclass
 class PlannedPair:
-    """One pair as built. Shapes have no batch dim: ``compared_shape`` is what the loss sees on both sides."""
+    """One pair as built. Shapes have no batch dim: ``compared_shape`` is what the loss sees on both sides. A
+    multi-layer pair has a list of shapes per side (one per level, shallow -> deep) and an identity adapter."""
 
     pair: Pair
-    student_shape: tuple[int, ...]
-    teacher_shape: tuple[int, ...]
-    compared_shape: tuple[int, ...]
+    student_shape: tuple[int, ...] | list[tuple[int, ...]]
+    teacher_shape: tuple[int, ...] | list[tuple[int, ...]]
+    compared_shape: tuple[int, ...] | list[tuple[int, ...]]
     adapter: Adapter
     loss: Loss
 
@@ -44,12 +46,22 @@ class PlannedPair:
 
     @property
     def label(self) -> str:
-        """The term in the printed formula, e.g. ``mse(LastDim(blocks.2), blocks.5)``."""
+        """The term in the printed formula, e.g. ``mse(LastDim(blocks.2), blocks.5)``; a multi-layer term
+        ``review_kd(layer1+layer2, layer1+layer2)``."""
+        if self.pair.multi_layer:
+            return f"{self.loss_name}({'+'.join(self.pair.layers('student'))}, {'+'.join(self.pair.layers('teacher'))})"
         return f"{self.loss_name}({self.adapter_name}({self.pair.student}), {self.pair.teacher})"
 
     def line(self) -> str:
         p = self.pair
         weight = p.weight if isinstance(p.weight, str) else format(p.weight, "g")
+        if p.multi_layer:  # one group: the term, then one row per level
+            s_names, t_names = p.layers("student"), p.layers("teacher")
+            head = (f"  {'+'.join(s_names)} -> {self.loss.label} ({count_params(self.loss):,} params, in the loss) -> "
+                    f"{'+'.join(t_names)}  loss={self.loss_name} weight={weight}, {len(s_names)} levels:")
+            levels = zip(s_names, self.student_shape, t_names, self.teacher_shape)
+            return "\n".join([head, *(f"    level {i}: {s} {list(ss)} -> {t} {list(ts)}"
+                                       for i, (s, ss, t, ts) in enumerate(levels, 1))])
         return (f"  {p.student} {list(self.student_shape)} -> {self.adapter_name} ({self.adapter_params:,} params)"
                 f" -> {p.teacher} {list(self.teacher_shape)}  loss={self.loss_name} weight={weight}"
                 + (f" normalize={p.normalize}" if p.normalize else ""))
@@ -125,6 +137,31 @@ def plan_pair(pair: Pair, student_feat: torch.Tensor, teacher_feat: torch.Tensor
     return planned
 
 
+def plan_multi(pair: Pair, student_feats: list[torch.Tensor], teacher_feats: list[torch.Tensor],
+               device: torch.device) -> PlannedPair:
+    """Build and check the loss of a multi-layer ``pair`` from one dry-run capture per level ``[B, ...]`` of each
+    side (shallow -> deep): the loss gets every level's shapes and is called once, so a bad level or
+    ``loss_kwargs`` shows before training."""
+    s_shapes = [tuple(f.shape[1:]) for f in student_feats]
+    t_shapes = [tuple(f.shape[1:]) for f in teacher_feats]
+    try:
+        loss = build_loss(pair.loss, s_shapes, t_shapes, pair.loss_kwargs).to(device)
+        if loss.multi_layer and not loss.needs_index:
+            was_training = loss.training
+            with torch.no_grad():
+                loss.eval()([f.to(device) for f in student_feats], [f.to(device) for f in teacher_feats])
+            loss.train(was_training)
+    except ShapeError as exc:
+        raise ShapeError(f"pair {pair.key!r}: {exc}") from None
+    except TypeError as exc:
+        raise FeatdistillError(f"pair {pair.key!r}: {exc}. Check loss_kwargs {pair.loss_kwargs} against the loss's "
+                               "arguments.") from None
+    if not loss.multi_layer:  # a Loss instance or function that config could not see through
+        raise FeatdistillError(f"pair {pair.key!r}: the loss {loss.label!r} compares one layer with one layer; a pair "
+                               "naming tuples of layers needs a multi-layer loss (e.g. 'review_kd')")
+    return PlannedPair(pair, s_shapes, t_shapes, t_shapes, Identity().to(device), loss)
+
+
 def format_plan(teacher: nn.Module | None, student: nn.Module, adapters: nn.Module, planned: list[PlannedPair],
                 pairing_notes: list[str], formula: str) -> str:
     """The printed plan: model sizes, one line per pair, how automatic pairs were chosen, the loss formula."""
@@ -133,6 +170,9 @@ def format_plan(teacher: nn.Module | None, student: nn.Module, adapters: nn.Modu
         lines.append(f"teacher {type(teacher).__name__}: {count_params(teacher):,} params (frozen)")
     lines += [f"student {type(student).__name__}: {count_params(student):,} params",
               f"adapters: {count_params(adapters):,} params"]
+    in_losses = sum(count_params(p.loss) for p in planned)
+    if in_losses:
+        lines.append(f"losses: {in_losses:,} params (modules inside the losses, trained with the student)")
     lines += [p.line() for p in planned]
     if pairing_notes:
         lines.append("pairs chosen automatically by relative depth (TinyBERT uniform mapping):")

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ..capture import TapSet, make_tap
+from ..capture import TapSet, pair_taps, per_pair
 from ..config import Pair
 from ..data.batch import Batch
 from .logits import split_logits
@@ -21,10 +21,11 @@ from .logits import split_logits
 
 class TeacherOutputs(NamedTuple):
     """``logits``: ``[B, K]`` (or ``[B, T, V]``), None when not asked for; ``features``: one tensor per pair, in
-    pair order, as captured (before the adapter's ``target()``)."""
+    pair order, as captured (before the adapter's ``target()``); for a multi-layer pair, the list of its layers'
+    tensors, shallow -> deep."""
 
     logits: torch.Tensor | None
-    features: list[torch.Tensor]
+    features: list[torch.Tensor | list[torch.Tensor]]
 
 
 class Teacher:
@@ -55,14 +56,13 @@ class LiveTeacher(Teacher):
 
     def bind(self, pairs: Sequence[Pair]) -> None:
         super().bind(pairs)
-        taps = [make_tap(self.model, p.teacher, p.capture,
-                         p.teacher_select if p.teacher_select is not None else p.select, p.repeat) for p in pairs]
-        self.taps = TapSet(self.model, taps, detach=True, side="teacher")
+        self.taps = TapSet(self.model, pair_taps(self.model, pairs, "teacher"), detach=True, side="teacher")
 
     @torch.no_grad()
     def __call__(self, batch: Batch, need_logits: bool = True) -> TeacherOutputs:
         self.model.eval()  # every step: a .train() on the teacher or on a wrapper must not flip it
         out, features = self.taps.run(lambda: batch.run(self.model))
+        features = per_pair(self.pairs, features)
         logits = (self.logits_from or (lambda o: split_logits(o)[0]))(out) if need_logits else None
         return TeacherOutputs(logits, features)
 

@@ -17,7 +17,7 @@ from ..registry import Registry
 
 LOSSES = Registry("loss")
 
-NEEDS = ("channel_free", "relational", "needs_index")
+NEEDS = ("channel_free", "relational", "needs_index", "multi_layer")
 
 
 class Loss(nn.Module):
@@ -31,6 +31,9 @@ class Loss(nn.Module):
       positions; the ``'auto'`` adapter is the identity and shapes are not required to match.
     - ``needs_index``: ``forward`` also receives ``index=`` ``[B]`` int64 dataset indices of the batch's
       samples (memory banks); the runner's loaders then yield ``(x, y, index)``.
+    - ``multi_layer``: compares several layers at once (ReviewKD): its ``Pair`` names a tuple of layers per side
+      (shallow -> deep), ``forward`` receives two lists of features ``[S_1..S_L], [T_1..T_L]`` (no adapter: the
+      loss holds whatever maps the student's levels) and ``build`` two lists of shapes.
 
     A loss with learnable parameters (projection heads, learned variances) registers them as any module does:
     the Distiller holds its losses as submodules, so they train, checkpoint and sync (DDP) with the student.
@@ -40,6 +43,7 @@ class Loss(nn.Module):
     channel_free: ClassVar[bool] = False
     relational: ClassVar[bool] = False
     needs_index: ClassVar[bool] = False
+    multi_layer: ClassVar[bool] = False
 
     @classmethod
     def build(cls, student_shape: Sequence[int], teacher_shape: Sequence[int], **kwargs: Any) -> Loss:
@@ -78,19 +82,27 @@ class FunctionLoss(Loss):
         return f"{self.label}, {self.kwargs}" if self.kwargs else self.label
 
 
-def declares(channel_free: bool = False, relational: bool = False, needs_index: bool = False):
+def declares(channel_free: bool = False, relational: bool = False, needs_index: bool = False,
+             multi_layer: bool = False):
     """Decorator for a plain loss function: what it needs (see :class:`Loss`)."""
 
     def mark(fn: Callable) -> Callable:
         fn.channel_free, fn.relational, fn.needs_index = channel_free, relational, needs_index
+        fn.multi_layer = multi_layer
         return fn
 
     return mark
 
 
-def build_loss(spec: Any, student_shape: Sequence[int], teacher_shape: Sequence[int],
+def _shapes(shape: Any) -> Any:
+    """A shape as a tuple; a list of shapes (one per level of a multi-layer term) as a list of tuples."""
+    return [tuple(s) for s in shape] if isinstance(shape, list) else tuple(shape)
+
+
+def build_loss(spec: Any, student_shape: Sequence[int] | list, teacher_shape: Sequence[int] | list,
                kwargs: dict | None = None) -> Loss:
-    """A :class:`Loss` module from a registered name, a ``Loss`` subclass or instance, or a plain callable."""
+    """A :class:`Loss` module from a registered name, a ``Loss`` subclass or instance, or a plain callable.
+    Shapes have no batch dim; a multi-layer term passes a list of shapes per side."""
     kwargs = dict(kwargs or {})
     entry = LOSSES.get(spec) if isinstance(spec, str) else spec
     if isinstance(entry, Loss):
@@ -98,5 +110,5 @@ def build_loss(spec: Any, student_shape: Sequence[int], teacher_shape: Sequence[
             raise TypeError("loss_kwargs cannot be applied to a Loss instance; configure it before passing it")
         return entry
     if isinstance(entry, type) and issubclass(entry, Loss):
-        return entry.build(tuple(student_shape), tuple(teacher_shape), **kwargs)
+        return entry.build(_shapes(student_shape), _shapes(teacher_shape), **kwargs)
     return FunctionLoss(entry, **kwargs)

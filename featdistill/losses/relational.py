@@ -52,8 +52,10 @@ def similarity_preserving(student: torch.Tensor, teacher: torch.Tensor) -> torch
 
     With ``f`` the ``[B, D]`` flattened features, ``G = f f^T`` ``[B, B]`` is L2-normalised row by row and
     ``loss = ||G_s - G_t||_F^2 / B^2``, the mean over the ``B*B`` entries of the squared differences (the paper's
-    Eq. and RepDistiller's ``Similarity``, whose reimplementation the first author verified; mdistiller's ``SP``
-    and torchdistill's ``SPKDLoss`` with ``reduction='batchmean'`` are the same).
+    Eq. and RepDistiller's ``Similarity``, whose reimplementation the first author verified; mdistiller's ``SP`` is
+    the same. torchdistill 1.1.5's ``SPKDLoss`` calls ``normalize(G, 1)``, whose ``1`` is the norm's order: it
+    L1-normalises the rows; with L2 rows and ``reduction='batchmean'`` it agrees, see
+    ``benchmarks/losses_vs_torchdistill.py``).
 
     Invariant to a global positive scale and to orthogonal maps of the features, not to per-sample scales.
     RepDistiller trains it with weight ``-b 3000`` on the last block's map; the ``Pair``'s ``weight`` is yours to
