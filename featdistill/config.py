@@ -25,7 +25,7 @@ REPEAT_POLICIES = ("error", "first", "last", "stack")  # a layer that runs more 
 NORMALIZE = (None, "teacher", "both")
 OPTIMIZERS = ("adamw", "sgd")
 AMP = ("none", "bf16", "fp16")
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "digit_pairs", "cifar10", "cifar100", "imagefolder")
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}  # as the archives extract
 IMAGEFOLDER_LAYOUT = "ROOT/train/<class>/*.png|jpg, optionally ROOT/val/<class>/... and ROOT/test/<class>/..."
 
@@ -249,7 +249,7 @@ class Data:
     in_chans: int = 3  # 1 or 3; grey images are repeated to 3 channels when 3
     augment: bool = True  # light augmentation on train only
     val_size: float = 0.15  # fraction held out for validation where the dataset has no val split
-    test_size: float = 0.33  # digits only: fraction held out for test
+    test_size: float = 0.33  # digits and digit_pairs only: fraction of the digits held out for test
 
     def problems(self) -> list[str]:
         """Every problem with these settings, each with its fix; empty when valid. Never raises, reads no files."""

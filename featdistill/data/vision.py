@@ -1,4 +1,5 @@
-"""Image datasets: the embedded digits benchmark, CIFAR-10/100 from their pickle files, and ImageFolder.
+"""Image datasets: the embedded digits (and their harder ``digit_pairs`` derivative), CIFAR-10/100 from their
+pickle files, and ImageFolder.
 
 Each preparer returns train / val / test datasets of ``(x [C, S, S], label)`` plus the task's augmentation; the
 loaders (:mod:`.loaders`) wrap them. Splits never depend on any seed: they are part of the benchmark.
@@ -104,6 +105,11 @@ def _digits(data: Data) -> Prepared:
     y = torch.tensor(digits.target, dtype=torch.int64)
     trainval, test = _split(torch.arange(len(y)), y, data.test_size)
     train, val = _split(trainval, y[trainval], data.val_size)
+    if data.name == "digit_pairs":
+        from .digit_pairs import CLASSES, digit_pairs
+
+        parts, augment = digit_pairs(data, x, y, (train, val, test))
+        return Prepared(*parts, CLASSES, augment)
     x = (x - x[train].mean()) / x[train].std()  # train statistics only: val/test must not leak into them
     if data.image_size != 8:  # once here, not per batch
         x = F.interpolate(x, size=(data.image_size,) * 2, mode="bilinear", align_corners=False)
@@ -242,7 +248,7 @@ def prepare(data: Data) -> Prepared:
     if data.name == "imagefolder":  # lazy file lists, cheap to rebuild, and files may change between calls
         return _imagefolder(data)
     if key not in _CACHE:
-        _CACHE[key] = _digits(data) if data.name == "digits" else _cifar(data)
+        _CACHE[key] = _digits(data) if data.name in ("digits", "digit_pairs") else _cifar(data)
     return _CACHE[key]
 
 
