@@ -16,6 +16,8 @@ confused. Writes JSON, a markdown table and a PNG chart.
     python benchmarks/compare_kd.py recipes/resnet_to_resnet.py --modes logit both \\
         --variant at12="pairs=[{'student': 'layer1', 'teacher': 'layer1', 'loss': 'at'}]" \\
         --select-seeds 0-9 --confirm-seeds 10-19   # choose the best lever on 0-9, report it on 10-19
+    python benchmarks/compare_kd.py recipes/resnet_to_resnet.py --seeds 5 --modes alone logit --methods all
+                                               # RepDistiller-style: every method, alone and with KD
 
 With `--select-seeds A-B --confirm-seeds C-D`, every mode runs on the selection seeds, the feature mode with the
 largest mean paired gain is chosen there, and only `logit` (plus `alone` if asked) and that mode run on the
@@ -49,6 +51,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from methods import METHODS, method_modes
 from paired import paired, seed_range
 
 from featdistill.cli.run import main as run_main
@@ -231,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[;OVERRIDE]",
                    help="an extra mode: the recipe with these --set overrides, e.g. at=pairs.1.loss='at'")
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help=f"RepDistiller-style table: add these methods as modes ({', '.join(METHODS)}, or 'all'); see "
+                        "benchmarks/methods.py for where each is placed")
     p.add_argument("--set", dest="extra", action="append", default=[], help="override applied to every mode")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--tag", default="compare_kd")
@@ -256,17 +262,20 @@ def main(argv: list[str] | None = None) -> int:
         modes[name] = [o for o in overrides.split(";") if o]
     if "logit" not in modes:
         modes = {"logit": MODES["logit"], **modes}  # every verdict is against logit KD
+    methods = list(METHODS) if args.methods == ["all"] else args.methods
+    per_recipe = {r.stem: {**modes, **(method_modes(r, methods) if methods else {})} for r in recipes}
     command = "python benchmarks/compare_kd.py " + shell_join(sys.argv[1:] if argv is None else argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.select_seeds is None:
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-        print(markdown(*measure(recipes, {r.stem: modes for r in recipes}, seeds, args, command, args.tag)))
+        print(markdown(*measure(recipes, per_recipe, seeds, args, command, args.tag)))
         return 0
-    selected, meta = measure(recipes, {r.stem: modes for r in recipes}, args.select_seeds, args, command,
+    selected, meta = measure(recipes, per_recipe, args.select_seeds, args, command,
                              f"{args.tag}_select")
     print("selection:\n" + markdown(selected, meta))
     chosen = {r.stem: best_lever(selected[r.stem]) for r in recipes}
-    confirm = {r.stem: {m: o for m, o in modes.items() if m in ("alone", "logit", chosen[r.stem])} for r in recipes}
+    confirm = {r.stem: {m: o for m, o in per_recipe[r.stem].items() if m in ("alone", "logit", chosen[r.stem])}
+               for r in recipes}
     confirmed, meta = measure(recipes, confirm, args.confirm_seeds, args, command, f"{args.tag}_confirm",
                               {"selected_on": args.select_seeds, "chosen": chosen})
     print(f"chosen on seeds {args.select_seeds[0]}-{args.select_seeds[-1]}: {chosen}\nconfirmation (the claim):\n"

@@ -154,3 +154,42 @@ def test_losses_vs_torchdistill_tensors_reload_with_weights_only_and_table_rows(
     assert lines[4] == "| DKD | T=4 | featdistill only | 1.5 | - | - | - |"
     listed = bench.format_differences(["kd-t2"])
     assert listed.startswith(f"{number['kd-t2']}. **KD (soft)** (`kd-t2`). torchdistill: ") and "Paper:" in listed
+
+
+def test_methods_place_every_method_where_its_paper_does_and_each_mode_plans(capsys):
+    """Each --methods mode is a valid recipe: the runner's dry run builds both models and every term."""
+    from featdistill.cli.run import main as run_main
+
+    methods = load("methods")
+    recipe = BENCH.parent / "recipes" / "resnet_to_resnet.py"
+    modes = methods.method_modes(recipe, list(methods.METHODS))
+    assert set(modes) == {*methods.FEATURE, *(f"{m}+kd" for m in methods.FEATURE), *methods.LOGIT}
+    for name in methods.FEATURE:  # the same term with and without logit KD
+        assert modes[name] == [*modes[f"{name}+kd"], "kd=None"]
+    assert "'student': 'fc'" in modes["crd"][0] and "'capture': 'input'" in modes["crd"][0]  # pre-logits
+    assert "'student': 'layer2'" in modes["fitnet"][0]  # the middle of layers 1-3
+    assert "('layer1', 'layer2', 'layer3')" in modes["review_kd"][0]
+    assert modes["dkd"] == ["pairs=[]", "kd.loss='dkd'"]
+    for name, overrides in modes.items():
+        argv = [str(recipe), "--dry-run", "--set", "teacher.pretrain.epochs=1"]
+        for item in overrides:
+            argv += ["--set", item]
+        assert run_main(argv) == 0, name
+        plan = capsys.readouterr().out
+        method = name.removesuffix("+kd")
+        shown = {"fitnet": "mse", "at": "attention_transfer", "dkd": "TCKD", "dist": "DIST(", "ls": "zscore("}
+        assert shown.get(method, method) in plan, (name, plan)
+        if method in methods.FEATURE:  # logit KD only in the +kd modes
+            assert ("KL(t||s" in plan) == name.endswith("+kd"), (name, plan)
+    with pytest.raises(SystemExit, match="unknown method"):
+        methods.method_modes(recipe, ["fitnets"])
+
+
+def test_convergence_curves_one_row_per_schedule_length(tmp_path):
+    out = tmp_path / "out"
+    recipe = str(BENCH.parent / "recipes" / "resnet_to_resnet.py")
+    assert load("convergence").main([recipe, "--epochs", "1", "2", "--seeds", "1", "--modes", "logit", "--jobs", "1",
+                                     "--set", "teacher.pretrain.epochs=1", "--out", str(out), "--tag", "c"]) == 0
+    saved = json.loads((out / "c.json").read_text())["results"]["resnet_to_resnet"]
+    assert sorted(saved["modes"]["logit"]) == ["1", "2"] and 0 < saved["teacher_accuracy"] <= 1
+    assert "| logit |" in (out / "c.md").read_text() and (out / "c.png").stat().st_size > 0
