@@ -180,7 +180,10 @@ class AutoPairs:
 
 @dataclass(frozen=True)
 class Train:
-    """Optimisation settings (student, or teacher when given as ``Model.pretrain``)."""
+    """Optimisation settings (student, or teacher when given as ``Model.pretrain``). ``batch_size`` is the global
+    batch: under ``torchrun`` each of N processes takes ``batch_size // N`` of it. ``sync_bn``: under torchrun, the
+    student's and adapters' BatchNorm statistics over the global batch (``SyncBatchNorm``, CUDA only); saved recipes
+    and cache keys leave it out while False, so runs and cached teachers from before it still match."""
 
     epochs: int = 20
     batch_size: int = 64
@@ -193,6 +196,7 @@ class Train:
     label_smoothing: float = 0.0
     amp: str = "none"
     seed: int = 0
+    sync_bn: bool = field(default=False, metadata={"omit_default": True})
 
     def problems(self, where: str = "train") -> list[str]:
         found = []
@@ -217,6 +221,8 @@ class Train:
             found.append(f"{where}.clip_grad must be > 0 or None, got {self.clip_grad!r}")
         if not _number(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
             found.append(f"{where}.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not isinstance(self.sync_bn, bool):
+            found.append(f"{where}.sync_bn must be True or False, got {self.sync_bn!r}")
         return found
 
 

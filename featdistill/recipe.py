@@ -215,7 +215,8 @@ def check(recipe: Recipe, source: str | None = None) -> Recipe:
 def to_dict(obj: Any) -> Any:
     """JSON-able view of a recipe (factories and callables by their qualified name)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)  # fields added later are
+                if not (f.metadata.get("omit_default") and getattr(obj, f.name) == f.default)}  # left out at default
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

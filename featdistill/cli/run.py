@@ -26,10 +26,11 @@ from ..losses import LOSSES, Loss
 from ..models import build_model, count_params
 from ..recipe import load_recipe, try_overrides, validate
 from ..train import CHECKPOINT, METRICS, Interrupted, NonFiniteLoss, StopRequest, Trainer, read_checkpoint, trim_metrics
+from ..train import distributed as dist_run
 from .list_losses import list_losses_cmd
 from .report import finish, summarize
 from .rundir import SAFE_ON_RESUME, new_run_dir, record_run, resume_recipe
-from .teacher import prepare_teacher
+from .teacher import teacher_for_rank
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -142,29 +143,46 @@ def list_layers_cmd(recipe: Recipe, which: str) -> int:
     return 0
 
 
+def train_loaders(recipe: Recipe, with_index: bool = False):
+    """The run's loaders: under torchrun, this rank's share of each global batch of ``train.batch_size``."""
+    world, train = dist_run.current(), recipe.train
+    return make_loaders(recipe.data, dist_run.per_rank_batch(train.batch_size, world), seed=train.seed,
+                        rank=world.rank, world_size=world.size, with_index=with_index)
+
+
 def run(args: argparse.Namespace) -> int:
+    world = dist_run.from_env()  # torchrun's environment, or a single process
+    if world.distributed:
+        device = dist_run.start(world, pick_device(args.device))
     if args.list_losses:
         return list_losses_cmd()
     recipe, recipe_path, overrides = resolve(args)
     if args.list_layers:
         return list_layers_cmd(recipe, args.list_layers)
-    device = pick_device(args.device)
+    if not world.distributed:
+        device = pick_device(args.device)
     train = recipe.train
-    loaders = make_loaders(recipe.data, train.batch_size, seed=train.seed)
+    loaders = train_loaders(recipe)
     sample = sample_batch(recipe.data, 2).to(device)
     with preflight(recipe, loaders.num_classes, sample, device, len(loaders.train.dataset)) as checked:
         if args.dry_run:
             print(f"recipe {recipe_path} on {device}; data {recipe.data.name}: {len(loaders.train.dataset)} train / "
                   f"{len(loaders.val.dataset)} val / {len(loaders.test.dataset)} test, {loaders.num_classes} classes")
             teacher_note = "trained on the task first, then cached" if recipe.teacher.pretrain else "as given"
+            print(f"batch: train.batch_size={train.batch_size} is the global batch, "
+                  f"{train.batch_size // world.size} per process on {world.size} process(es)")
             print(f"teacher: {teacher_note}")
             print(checked.plan())
             return 0
     del checked
 
-    run_dir = args.resume if args.resume is not None else new_run_dir(args.out, recipe_path.stem)
+    run_dir = None
+    if world.main:  # under torchrun, rank 0 alone makes and records the run directory
+        run_dir = args.resume if args.resume is not None else new_run_dir(args.out, recipe_path.stem)
+    run_dir = Path(dist_run.share(str(run_dir) if run_dir else None))
     saved = read_checkpoint(run_dir / CHECKPOINT) if (run_dir / CHECKPOINT).is_file() else None  # before the teacher
-    record_run(run_dir, recipe_path, overrides, recipe)
+    if world.main:
+        record_run(run_dir, recipe_path, overrides, recipe)
     print(f"run directory: {run_dir}", flush=True)
     with StopRequest() as stop:
         return train_and_report(args, recipe, loaders, sample, device, run_dir, stop, saved)
@@ -174,24 +192,27 @@ def train_and_report(args: argparse.Namespace, recipe: Recipe, loaders, sample: 
                      run_dir: Path, stop: StopRequest, saved: dict | None) -> int:
     """The teacher stage, distillation (resumed from ``saved``, the run's checkpoint, if any), the test and the
     summary."""
-    train = recipe.train
+    train, world = recipe.train, dist_run.current()
     torch.manual_seed(train.seed)
-    teacher, teacher_source = prepare_teacher(recipe, loaders, device, quiet=args.quiet, fallback_dir=run_dir,
-                                              stop=stop)
+    teacher, teacher_source = teacher_for_rank(recipe, loaders, device, quiet=args.quiet, fallback_dir=run_dir,
+                                               stop=stop)
     torch.manual_seed(train.seed)
     student = build_model(recipe.student, loaders.num_classes, loaders.in_chans, where="student").to(device)
     distiller = build_distiller(recipe, teacher, student, sample, len(loaders.train.dataset))
     if distiller.needs_index:  # a loss with a memory bank: batches carry the samples' indices
-        loaders = make_loaders(recipe.data, train.batch_size, seed=train.seed, with_index=True)
+        loaders = train_loaders(recipe, with_index=True)
     if not args.quiet:
         print(distiller.plan(), flush=True)
-    trainer = Trainer(distiller, distiller, loaders, train, device, eval_model=student, run_dir=run_dir,
-                      desc="student", quiet=args.quiet)
+    model = dist_run.wrap(distiller, device, sync_bn=train.sync_bn)  # DDP under torchrun, else the Distiller
+    dist_run.seed_rank(train.seed, world)
+    trainer = Trainer(distiller, model, loaders, train, device, eval_model=student,
+                      run_dir=run_dir if world.main else None, desc="student", quiet=args.quiet or not world.main,
+                      world=world)
     if saved is not None:
         trainer.resume(run_dir / CHECKPOINT, saved)
         epoch, batch = trainer.start
         print(f"resuming at epoch {epoch + 1}/{train.epochs}" + (f", batch {batch + 1}" if batch else ""), flush=True)
-    elif args.resume is not None:
+    elif args.resume is not None and world.main:
         trim_metrics(run_dir / METRICS, 0, 0)
         print("no checkpoint yet (stopped in the first epoch): starting from the beginning", flush=True)
     try:
@@ -204,6 +225,8 @@ def train_and_report(args: argparse.Namespace, recipe: Recipe, loaders, sample: 
         print(f"stopped after epoch {trainer.history[-1]['epoch'] + 1}; continue with --resume {run_dir}")
         return 0
     student = distiller.export_student()
+    if not world.main:
+        return 0  # rank 0 tests, summarises and writes the rest; the others wait for it in dist_run.shutdown
     torch.save(student.state_dict(), run_dir / "student.pt")
     summary = finish(recipe, teacher, student, loaders, device, run_dir, teacher_source, trainer.history)
     print(summarize(summary))
@@ -229,11 +252,18 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
+    return dist_run.shutdown(guarded(args))  # under torchrun a failed rank exits at once: torchrun stops the rest
+
+
+def guarded(args: argparse.Namespace) -> int:
+    """``run(args)`` with every failure turned into its message and exit code."""
     try:
         return run(args)
     except Interrupted as exc:
         name = signal.Signals(exc.signum).name
-        if exc.saved and exc.run_dir is not None:
+        if not dist_run.current().main:
+            pass  # rank 0 says where its checkpoint is
+        elif exc.saved and exc.run_dir is not None:
             epoch, batch = exc.position
             print(f"stopped by {name} at epoch {epoch + 1}, batch {batch + 1}; a checkpoint there is in "
                   f"{exc.run_dir}. Continue with: python -m featdistill.run --resume {exc.run_dir}", file=sys.stderr)
@@ -251,8 +281,15 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         known = explain(exc)
         if known is not None:
-            print(f"error: {known}", file=sys.stderr)
+            print(f"error{dist_run.current().tag()}: {known}", file=sys.stderr)
             return 2
+        if dist_run.peer_failed(exc):  # another rank failed first: end with its exit code
+            failed = dist_run.first_failure()
+            first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            print(f"stopped{dist_run.current().tag()}: " + (f"rank {failed[0]} failed (exit code {failed[1]}); "
+                  "its error is above" if failed else f"a collective operation failed ({first}); another process "
+                  "of this job most likely failed first: its error is above"), file=sys.stderr)
+            return failed[1] if failed else 1
         traceback.print_exc()
         print("internal error: this is a bug in featdistill; please report it with the traceback above",
               file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,10 +19,10 @@ from ..config import Recipe, Train
 from ..data import Batch, make_loaders
 from ..errors import FeatdistillError
 from ..models import build_model, load_weights
-from ..train import NonFiniteLoss, StopRequest, Trainer, atomic_save
+from ..train import NonFiniteLoss, StopRequest, Trainer, atomic_save, distributed
 from .teacher_key import cache_dir, cache_path, key
 
-__all__ = ["cache_dir", "cache_path", "prepare_teacher"]
+__all__ = ["cache_dir", "cache_path", "prepare_teacher", "teacher_for_rank"]
 
 
 def _move_aside(path: Path) -> Path:
@@ -146,3 +147,19 @@ def prepare_teacher(recipe: Recipe, loaders, device: torch.device, quiet: bool =
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
         return teacher, _keep_elsewhere(teacher, path, _why(exc), fallback_dir)
     return teacher, f"trained and cached at {path}"
+
+
+def teacher_for_rank(recipe: Recipe, loaders, device: torch.device, quiet: bool = False, *,
+                     fallback_dir: Path | None = None, stop: StopRequest | None = None) -> tuple[nn.Module, str]:
+    """:func:`prepare_teacher` in a single process. Under torchrun, rank 0 alone prepares it (training and caching it
+    if need be) while the other ranks wait; they then build the same architecture and receive rank 0's weights by
+    broadcast, so they never write the cache and need no file system shared with rank 0."""
+    world = distributed.current()
+    if world.main:
+        teacher, source = prepare_teacher(recipe, loaders, device, quiet, fallback_dir=fallback_dir, stop=stop)
+    distributed.wait_for_main()
+    if not world.main:  # its weights come from rank 0: no checkpoint to read, nothing to train
+        spec = replace(recipe.teacher, checkpoint=None, pretrain=None)
+        teacher, source = build_model(spec, loaders.num_classes, loaders.in_chans, where="teacher").to(device), None
+    distributed.broadcast_module(teacher)
+    return teacher, distributed.share(source)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ..data.batch import IGNORE_INDEX, Batch
 from ..errors import FeatdistillError
 from .checkpoint import CHECKPOINT, METRICS, atomic_save, read_checkpoint, rng_state, set_rng_state, trim_metrics
+from .distributed import World, average, sum_counts, wait_for_main
 from .interrupt import Interrupted, StopRequest
 
 
@@ -51,13 +52,17 @@ class WarmupCosine:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none") -> float:
+def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", world: World | None = None) -> float:
     """Top-1 accuracy of ``model`` over ``loader``, as a fraction: per image for logits ``[B, K]``, per predicted
-    token (labels not ``IGNORE_INDEX``) for ``[B, T, V]``."""
+    token (labels not ``IGNORE_INDEX``) for ``[B, T, V]``. With a distributed ``world``, every rank takes every
+    ``world.size``-th batch and the counts are summed: the same accuracy, computed in ``1 / world.size`` of the time."""
+    world = world or World()
     was_training = model.training
     model.eval()
     correct = total = 0
-    for raw in loader:
+    for i, raw in enumerate(loader):
+        if i % world.size != world.rank:
+            continue
         batch = Batch.of(raw).to(device)
         with autocast(device, amp):
             logits = batch.run(model)
@@ -68,6 +73,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none") 
         correct += ((logits.argmax(-1) == y) & counted).sum().item()
         total += counted.sum().item()
     model.train(was_training)
+    correct, total = sum_counts([correct, total], device, world)
     return correct / max(total, 1)
 
 
@@ -86,11 +92,14 @@ class Trainer:
     """Trains ``module`` (a Distiller or a plain classifier) with ``loss_fn`` and validates ``eval_model``.
 
     With a ``run_dir`` it writes ``metrics.jsonl`` and, after each epoch and when stopped by a signal, a checkpoint
-    that :meth:`resume` continues from exactly (the position within the epoch included)."""
+    that :meth:`resume` continues from exactly (the position within the epoch included). With a distributed
+    ``world`` (:mod:`.distributed`; ``loss_fn`` then the DDP-wrapped ``module``), the terms and the stop signal are
+    averaged over the ranks each step, validation is sharded, and images/s count every rank."""
 
     def __init__(self, module: nn.Module, loss_fn: Callable[[Batch], dict], loaders, train,
                  device: torch.device, eval_model: nn.Module, run_dir: Path | None = None, desc: str = "train",
-                 quiet: bool = False):
+                 quiet: bool = False, world: World | None = None):
+        self.world, self._request, self._agreed = world or World(), None, None
         self.module, self.loss_fn, self.loaders, self.train = module, loss_fn, loaders, train
         self.device, self.eval_model, self.run_dir, self.desc, self.quiet = device, eval_model, run_dir, desc, quiet
         if train.amp == "fp16" and device.type != "cuda":
@@ -135,7 +144,9 @@ class Trainer:
         self.start = tuple(state["position"])
         self.history = json.loads(state["history"])
         self.partial = json.loads(state.get("partial", "{}"))
-        if self.start[1]:
+        if self.world.rank:
+            pass  # the checkpoint holds rank 0's random state; other ranks keep the streams derived from the seed
+        elif self.start[1]:
             self._pending_rng = state["rng"]  # after the epoch's data iterator is made: it draws a seed
         else:
             set_rng_state(state["rng"])
@@ -152,6 +163,7 @@ class Trainer:
         """Train from ``start`` to ``train.epochs``; ``stop_after`` ends after that many epochs (as a crash would);
         a signal caught by ``stop`` ends after the step in flight, with a checkpoint there (:class:`Interrupted`)."""
         train, loaders = self.train, self.loaders
+        self._request = stop  # read by step(): a signal on any rank stops every rank at the same step
         for epoch in range(self.start[0], train.epochs):
             if stop_after is not None and epoch >= stop_after:
                 break
@@ -181,16 +193,17 @@ class Trainer:
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v * n
                 records.append({"kind": "step", "epoch": epoch, "step": epoch * self.steps + i, "lr": lr, **terms})
-                rate = seen / max(time.perf_counter() - start, 1e-9)
+                rate = seen * self.world.size / max(time.perf_counter() - start, 1e-9)
                 shown = {k.replace("feat/", ""): f"{v / seen:.3f}" for k, v in sums.items()}
                 bar.set_postfix(shown | {"img/s": f"{rate:.0f}"}, refresh=False)
-                if stop is not None and stop.signum is not None and i + 1 < self.steps:
-                    self._stop(stop.signum, (epoch, i + 1), records, {
+                if self._signalled(stop) is not None and i + 1 < self.steps:
+                    self._stop(self._signalled(stop), (epoch, i + 1), records, {
                         "sums": sums, "seen": seen, "elapsed": before + time.perf_counter() - start})
             elapsed = before + time.perf_counter() - start
-            val = evaluate(self.eval_model, loaders.val, self.device, train.amp)
+            val = evaluate(self.eval_model, loaders.val, self.device, train.amp, self.world)
             summary = {"kind": "epoch", "epoch": epoch, "val_accuracy": val, "epoch_seconds": elapsed,
-                       "images_per_s": seen / max(elapsed, 1e-9), **{k: v / max(seen, 1) for k, v in sums.items()}}
+                       "images_per_s": seen * self.world.size / max(elapsed, 1e-9),  # every rank's images
+                       **{k: v / max(seen, 1) for k, v in sums.items()}}
             self.history.append(summary)
             self._log(records + [summary])
             if not self.quiet:
@@ -199,9 +212,18 @@ class Trainer:
                       f"({elapsed:.1f} s, {summary['images_per_s']:.0f} img/s)", flush=True)
             if self.run_dir:
                 atomic_save(self.state((epoch + 1, 0)), self.run_dir / CHECKPOINT)
-            if stop is not None and stop.signum is not None:
-                raise Interrupted(stop.signum, (epoch + 1, 0), self.run_dir is not None, self.run_dir)
+            if self.world.distributed:
+                wait_for_main()  # however long rank 0 takes to write the checkpoint: beyond the collectives' timeout
+            if self._signalled(stop) is not None:
+                raise Interrupted(self._signalled(stop), (epoch + 1, 0), self.run_dir is not None, self.run_dir)
         return self.history
+
+    def _signalled(self, stop: StopRequest | None) -> int | None:
+        """The signal to stop on: this process's, or in a distributed job the one the ranks agreed on at the last
+        step (a signal seen by one rank between two steps must not stop it alone)."""
+        if stop is None:
+            return None
+        return self._agreed if self.world.distributed else stop.signum
 
     def _stop(self, signum: int, position: tuple[int, int], records: list[dict], partial: dict) -> None:
         """Write what this epoch did so far and a checkpoint at ``position``, then end the loop."""
@@ -213,8 +235,11 @@ class Trainer:
     def step(self, batch: Batch, position: tuple[int, int] = (0, 0)) -> dict[str, float]:
         with autocast(self.device, self.train.amp):
             terms = self.loss_fn(batch)
-        # every term in one transfer: a single device sync per step
-        values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
+        # every term in one transfer (averaged over the ranks, with their stop signals): one device sync per step
+        request = self._request
+        stacked = torch.stack([v.detach().float() for v in terms.values()])
+        averaged, self._agreed = average(stacked, request.signum if request is not None else None, self.world)
+        values = dict(zip(terms, averaged))
         if not math.isfinite(values["loss"]):
             term = next((k for k, v in values.items() if k != "loss" and not math.isfinite(v)), "loss")
             hint = "Lower train.lr" + ("" if self.train.clip_grad else ", set train.clip_grad (e.g. 1.0)") + \
