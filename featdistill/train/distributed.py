@@ -250,10 +250,14 @@ def average(values: torch.Tensor, stop: int | None, world: World) -> tuple[list[
     received (else None): one collective and one host sync per step, and every rank stops at the same step."""
     if not world.distributed:
         return values.tolist(), stop
-    total = torch.cat([values, torch.tensor([float(stop or 0)], device=values.device)])
+    signalled = [float(stop or 0), float(stop is not None)]  # summed: the signals' total and how many ranks got one
+    total = torch.cat([values, torch.tensor(signalled, device=values.device)])
     dist.all_reduce(total)
-    *summed, flag = total.tolist()
-    return [v / world.size for v in summed], ((stop or 15) if flag > 0 else None)  # 15: SIGTERM, as torchrun's
+    *summed, signals, ranks = total.tolist()
+    if not ranks:
+        return [v / world.size for v in summed], None
+    # a rank with no signal of its own stops on the others' (all the same, as a Ctrl-C to the group gives)
+    return [v / world.size for v in summed], stop if stop is not None else round(signals / ranks)
 
 
 def sum_counts(counts: list[int], device: torch.device, world: World) -> list[int]:

@@ -49,3 +49,27 @@ def test_sync_bn_is_checked_and_left_out_of_saved_recipes_while_false():
     recipe = Recipe(teacher=Model("resnet18"), student=Model("resnet18"))
     assert "sync_bn" not in dumps(recipe)  # runs and cached teachers made before the field still match
     assert '"sync_bn": true' in dumps(apply_overrides(recipe, ["train.sync_bn=True"]))
+
+
+def _average_worker(rank: int, init_file: str, signals: list, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        values, stop = average(torch.tensor([float(rank), 10.0]), signals[rank], World(rank=rank, size=2))
+        torch.save({"values": values, "stop": stop}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("signals, agreed", [([None, None], [None, None]), ([2, None], [2, 2]),
+                                             ([None, 15], [15, 15]), ([2, 2], [2, 2])])
+def test_two_ranks_average_their_terms_and_stop_on_the_same_signal(tmp_path, signals, agreed):
+    """A signal seen by one rank stops both, with that signal's number (130 vs 143 must not differ by rank)."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "avg")
+    mp.spawn(_average_worker, args=(str(tmp_path / "init"), signals, out), nprocs=2, join=True)
+    for rank in range(2):
+        got = torch.load(f"{out}.{rank}", weights_only=True)
+        assert got["values"] == [0.5, 10.0] and got["stop"] == agreed[rank]
