@@ -1,5 +1,6 @@
 """What to distil, as plain frozen dataclasses: ``LogitKD``, ``Pair``, ``AutoPairs``, ``Model``, ``Train``, ``Data``
-and ``Recipe``. Each has ``problems() -> list[str]``: every problem at once, each naming its fix.
+and ``Recipe`` (``Data`` is defined in :mod:`.config_data`). Each has ``problems() -> list[str]``: every
+problem at once, each naming its fix.
 
 This module imports no torch, so recipes, launchers and tools can read and check a run's description without
 building anything. Names of losses and adapters are checked against their registries, which live with the torch
@@ -15,7 +16,9 @@ from typing import Any
 from .checks import layer_names, layer_problems
 from .checks import number as _number
 from .checks import unknown as _unknown
-from .errors import did_you_mean
+
+# Data lives in its own file; it and the dataset names are part of this module's surface
+from .config_data import CIFAR_FOLDERS, DATASETS, IMAGEFOLDER_LAYOUT, TEXT_DATASETS, TEXT_LAYOUT, Data  # noqa: F401
 
 # How a Pair reads a layer: its output, its input, or (for a fused-qkv attention module) the attention
 # probabilities / MiniLM value relations [B, heads, N, N] recomputed from the qkv output. The one list of
@@ -25,9 +28,6 @@ REPEAT_POLICIES = ("error", "first", "last", "stack")  # a layer that runs more 
 NORMALIZE = (None, "teacher", "both")
 OPTIMIZERS = ("adamw", "sgd")
 AMP = ("none", "bf16", "fp16")
-DATASETS = ("digits", "digit_pairs", "cifar10", "cifar100", "imagefolder")
-CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}  # as the archives extract
-IMAGEFOLDER_LAYOUT = "ROOT/train/<class>/*.png|jpg, optionally ROOT/val/<class>/... and ROOT/test/<class>/..."
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,9 @@ class LogitKD:
         alpha: weight of the hard-label cross-entropy.
         loss: a name in ``featdistill.losses.LOGIT_LOSSES``: ``'soft'`` is Hinton's
             ``KL(softmax(t/T) || softmax(s/T)) * T^2``, ``'hard'`` DeiT's cross-entropy to the teacher's argmax;
-            also ``'dkd'``, ``'dist'`` and ``'ls'`` (see :mod:`featdistill.losses.logit`).
-        loss_kwargs: extra keyword arguments for the logit loss's constructor.
+            also ``'dkd'``, ``'dist'``, ``'ls'`` (:mod:`featdistill.losses.logit`) and, per token for language models,
+            ``'forward_kl'``, ``'reverse_kl'``, ``'jsd'``/``'gkd'``, ``'skew_kl'``, ``'skew_rkl'`` (:mod:`.losses.lm`).
+        loss_kwargs: extra keyword arguments for the logit loss's constructor (``beta``, ``skew``, ``chunk_tokens``...).
     """
 
     temperature: float = 4.0
@@ -182,8 +183,11 @@ class AutoPairs:
 class Train:
     """Optimisation settings (student, or teacher when given as ``Model.pretrain``). ``batch_size`` is the global
     batch: under ``torchrun`` each of N processes takes ``batch_size // N`` of it. ``sync_bn``: under torchrun, the
-    student's and adapters' BatchNorm statistics over the global batch (``SyncBatchNorm``, CUDA only); saved recipes
-    and cache keys leave it out while False, so runs and cached teachers from before it still match."""
+    student's and adapters' BatchNorm statistics over the global batch (``SyncBatchNorm``, CUDA only).
+    ``compile``: ``torch.compile`` the student and the teacher (hooks attached; the first steps pay the compilation).
+    ``channels_last``: models, adapters and image batches in channels-last memory (faster convolutions on recent
+    CPUs and GPUs; nothing else changes). Saved recipes and cache keys leave these three out while False, so runs
+    and cached teachers from before them still match."""
 
     epochs: int = 20
     batch_size: int = 64
@@ -197,6 +201,8 @@ class Train:
     amp: str = "none"
     seed: int = 0
     sync_bn: bool = field(default=False, metadata={"omit_default": True})
+    compile: bool = field(default=False, metadata={"omit_default": True})
+    channels_last: bool = field(default=False, metadata={"omit_default": True})
 
     def problems(self, where: str = "train") -> list[str]:
         found = []
@@ -221,8 +227,9 @@ class Train:
             found.append(f"{where}.clip_grad must be > 0 or None, got {self.clip_grad!r}")
         if not _number(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
             found.append(f"{where}.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        if not isinstance(self.sync_bn, bool):
-            found.append(f"{where}.sync_bn must be True or False, got {self.sync_bn!r}")
+        for name in ("sync_bn", "compile", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                found.append(f"{where}.{name} must be True or False, got {getattr(self, name)!r}")
         return found
 
 
@@ -243,39 +250,6 @@ class Model:
     kwargs: dict = field(default_factory=dict)
     checkpoint: str | None = None
     pretrain: Train | None = None
-
-
-@dataclass(frozen=True)
-class Data:
-    """Which dataset to load and how; frozen, so it doubles as the key of the prepared-tensor cache."""
-
-    name: str = "digits"  # one of DATASETS
-    root: str | None = None  # folder for cifar/imagefolder
-    image_size: int = 16  # images are resized to image_size x image_size
-    in_chans: int = 3  # 1 or 3; grey images are repeated to 3 channels when 3
-    augment: bool = True  # light augmentation on train only
-    val_size: float = 0.15  # fraction held out for validation where the dataset has no val split
-    test_size: float = 0.33  # digits and digit_pairs only: fraction of the digits held out for test
-
-    def problems(self) -> list[str]:
-        """Every problem with these settings, each with its fix; empty when valid. Never raises, reads no files."""
-        found = []
-        if self.name not in DATASETS:
-            found.append(f"data.name {self.name!r} is not a known dataset; use one of {', '.join(DATASETS)}."
-                         + did_you_mean(str(self.name), DATASETS))
-        if not isinstance(self.image_size, int) or self.image_size < 4:
-            found.append(f"data.image_size must be an int >= 4 (16 suits digits, 32 CIFAR), got {self.image_size!r}")
-        if self.in_chans not in (1, 3):
-            found.append(f"data.in_chans must be 1 (grey) or 3 (RGB), got {self.in_chans!r}")
-        for name in ("val_size", "test_size"):
-            value = getattr(self, name)
-            if not _number(value) or not 0 < value < 1:
-                found.append(f"data.{name} must be a fraction strictly between 0 and 1 (e.g. 0.15), got {value!r}")
-        if self.name in ("cifar10", "cifar100", "imagefolder") and not self.root:
-            what = f"the folder that holds {CIFAR_FOLDERS[self.name]}/" if self.name in CIFAR_FOLDERS \
-                else IMAGEFOLDER_LAYOUT
-            found.append(f"data.root is required for {self.name!r}: set it to {what}")
-        return found
 
 
 @dataclass(frozen=True)

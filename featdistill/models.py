@@ -1,4 +1,5 @@
-"""Building models from recipe specs: timm or torchvision names, or factories; checkpoints; sizes."""
+"""Building models from recipe specs: timm, torchvision or Hugging Face (``hf:``, see :mod:`.hf_models`) names, or
+factories; checkpoints; sizes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import hf_models
 from .errors import FeatdistillError, did_you_mean
 
 
@@ -21,7 +23,10 @@ def _names() -> tuple[frozenset, frozenset]:
 
 
 def split_name(name: str) -> tuple[str, str]:
-    """``'torchvision:resnet18' -> ('torchvision', 'resnet18')``; a bare name is timm's."""
+    """``'torchvision:resnet18' -> ('torchvision', 'resnet18')``; a bare name is timm's; ``'hf:'`` takes the
+    rest whole (a path may hold colons): ``'hf:./runs/lm' -> ('hf', './runs/lm')``."""
+    if name.startswith("hf:"):
+        return "hf", name[3:]
     source, _, model = name.rpartition(":")
     return (source or "timm"), model
 
@@ -29,15 +34,17 @@ def split_name(name: str) -> tuple[str, str]:
 def known_model(name: str) -> str | None:
     """None when ``name`` can be built, else a message with close matches."""
     source, model = split_name(name)
+    if source == "hf":
+        return hf_models.problem(model)
+    if source not in ("timm", "torchvision"):
+        return f"unknown model source {source!r}: use 'timm:NAME', 'torchvision:NAME', 'hf:NAME' or a factory"
     timm_names, tv_names = _names()
     if source == "timm":
         return None if model in timm_names else (
             f"timm has no model {model!r}.{did_you_mean(model, timm_names)} List them with timm.list_models('*vit*').")
-    if source == "torchvision":
-        return None if model in tv_names else (
-            f"torchvision has no model {model!r}.{did_you_mean(model, tv_names)} "
-            "List them with torchvision.models.list_models().")
-    return f"unknown model source {source!r}: use 'timm:NAME', 'torchvision:NAME' or a factory"
+    return None if model in tv_names else (
+        f"torchvision has no model {model!r}.{did_you_mean(model, tv_names)} "
+        "List them with torchvision.models.list_models().")
 
 
 def build_model(spec: Any, num_classes: int, in_chans: int, where: str = "model") -> nn.Module:
@@ -63,6 +70,8 @@ def _construct(name: Any, num_classes: int, in_chans: int, kwargs: dict) -> nn.M
     if callable(name):
         return name(num_classes=num_classes, in_chans=in_chans, **kwargs)
     source, model = split_name(name)
+    if source == "hf":  # a causal LM over num_classes tokens; in_chans means nothing for text
+        return hf_models.build(model, num_classes, kwargs)
     if source == "timm":
         import timm
 

@@ -4,6 +4,8 @@
 - :mod:`.vision`: the embedded digits benchmark, CIFAR-10/100 and ImageFolder.
 - :mod:`.augment`: augmentation as a pure function of ``(seed, epoch, index)``.
 - :mod:`.loaders`: ``make_loaders`` (``DistributedSampler`` sharding), ``Loaders``, ``sample_batch``.
+- :mod:`.text`: text for causal LMs (the embedded ``pydoc`` corpus, a user's .txt/.jsonl files; byte or Hugging
+  Face tokens): ``make_text_datasets``, ``collate_text``, ``lm_metrics``.
 
 ``Data`` (the recipe's dataset settings) lives in :mod:`featdistill.config` and is re-exported here.
 """
@@ -11,5 +13,7 @@
 from ..config import Data
 from .batch import IGNORE_INDEX, Batch
 from .loaders import Loaders, make_loaders, sample_batch
+from .text import TextBlocks, TextDatasets, collate_text, lm_metrics, make_text_datasets
 
-__all__ = ["IGNORE_INDEX", "Batch", "Data", "Loaders", "make_loaders", "sample_batch"]
+__all__ = ["IGNORE_INDEX", "Batch", "Data", "Loaders", "TextBlocks", "TextDatasets", "collate_text", "lm_metrics",
+           "make_loaders", "make_text_datasets", "sample_batch"]

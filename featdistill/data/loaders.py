@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..config import Data
+from ..config import TEXT_DATASETS, Data
 from ..errors import FeatdistillError
 from .augment import Augment, mix_seed
 from .vision import prepare
@@ -44,6 +44,9 @@ class _Split(Dataset):
 
 def _check(data: Data, extra: list[str] | None = None) -> None:
     problems = data.problems() + (extra or [])
+    if data.name in TEXT_DATASETS:  # until the runner trains language models
+        problems.append(f"data.name {data.name!r} is text: these image loaders cannot serve it; build its splits "
+                        "with featdistill.data.make_text_datasets")
     if problems:
         raise FeatdistillError("invalid data settings:\n" + "\n".join(f"  - {p}" for p in problems))
 
