@@ -39,7 +39,8 @@ def test_shipped_registries_hold_exactly_the_documented_names():
               "value_relation_kl", "attention_mse", "sp", "similarity_preserving", "rkd", "relational_kd", "pkt",
               "probabilistic_kt", "cc", "correlation_congruence", "nst", "vid", "crd",
               "review_kd", "reviewkd"}
-    logit = {"soft", "hard", "dkd", "dist", "ls", "logit_standardized"}
+    logit = {"soft", "hard", "dkd", "dist", "ls", "logit_standardized", "forward_kl", "reverse_kl", "jsd", "gkd",
+             "skew_kl", "skew_rkl"}
     adapters = {"identity", "linear", "mlp", "conv1x1", "resize", "tokens", "tokens_to_map", "map_to_tokens",
                 "attention"}
     assert set(LOSSES) == losses and set(ADAPTERS) == adapters and set(LOGIT_LOSSES) == logit

@@ -22,8 +22,9 @@ from ..losses import LOGIT_LOSSES, LOSSES, LogitLoss, Loss
 
 # module name -> group label; the order of the groups in the listing; a module not listed keeps its own name
 GROUPS = {"logit": "logit", "feature": "feature", "attention": "attention", "relational": "relational",
-          "contrastive": "contrastive", "multilevel": "multi-level", "multi_level": "multi-level"}
-ORDER = ("logit", "feature", "attention", "relational", "contrastive", "multi-level")
+          "contrastive": "contrastive", "multilevel": "multi-level", "multi_level": "multi-level",
+          "lm": "language-model logit"}
+ORDER = ("logit", "language-model logit", "feature", "attention", "relational", "contrastive", "multi-level")
 PACKAGE = "featdistill.losses."
 FEATURE_USE = "Pair(loss=NAME, loss_kwargs={...})"
 LOGIT_USE = "LogitKD(loss=NAME, loss_kwargs={...}) or --set kd.loss=NAME; T is always kd.temperature"

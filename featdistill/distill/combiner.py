@@ -66,7 +66,7 @@ class LossCombiner:
         if kd is not None:
             # with no labels the soft term is all there is, so it keeps weight 1
             soft_weight = (1 - kd.alpha) if labels is not None else 1.0
-            out["kd"] = soft_weight * self.logit_loss(rows(kd_logits, keep), rows(teacher_logits, keep), y)
+            out["kd"] = soft_weight * self._logit_term(kd_logits, teacher_logits, y, keep)
         needs = needs or {}
         raw = [term.loss(s, t, **({"index": needs.get("index")} if term.loss.needs_index else {}))
                for term, (s, t) in zip(self.terms, features)]
@@ -81,6 +81,14 @@ class LossCombiner:
             out[f"feat/{term.name}"] = weight * value
         out["loss"] = sum(out.values()) if out else task_logits.sum() * 0.0
         return out
+
+    def _logit_term(self, student, teacher, y, keep) -> torch.Tensor:
+        """The logit loss on the kept rows. A loss with ``masked_rows`` (the chunked LM losses) gets all ``[B*T, V]``
+        rows as views plus ``keep``, so the kept rows are never copied out of the logits (two ``[N, V]`` copies)."""
+        masked = getattr(self.logit_loss, "masked_rows", None)
+        if masked is not None and keep is not None:
+            return masked(student.flatten(0, 1), teacher.flatten(0, 1), keep)
+        return self.logit_loss(rows(student, keep), rows(teacher, keep), y)
 
     def __repr__(self) -> str:
         kd = self.kd

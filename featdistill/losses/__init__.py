@@ -4,6 +4,9 @@
   ``build_loss``, ``declares``.
 - :mod:`.logit`: ``LOGIT_LOSSES`` (``'soft'`` Hinton KD, ``'hard'`` DeiT, ``'dkd'`` Decoupled KD, ``'dist'`` DIST,
   ``'ls'`` / ``'logit_standardized'`` logit standardization) and ``kd_loss``.
+- :mod:`.lm`: token-level KD for language models, also in ``LOGIT_LOSSES``: ``forward_kl``, ``reverse_kl``
+  (MiniLLM), ``jsd`` (``gkd``: generalised JSD), ``skew_kl`` / ``skew_rkl`` (DistiLLM), per-token means computed
+  in chunks (no fp32 ``[B, T, V]`` copy); ``token_kd_loss`` over ``[B, T, V]`` with a mask or ``-100`` labels.
 - :mod:`.feature`: ``mse`` (FitNet hints), ``smooth_l1``, ``cosine``, ``nst`` (neuron selectivity transfer,
   widths may differ), ``vid`` (``VID``: variational information distillation, learned variances).
 - :mod:`.attention`: ``attention_transfer`` (``at``), ``attention_transfer_tokens``, ``attention_kl``
@@ -20,6 +23,7 @@ from .attention import attention_kl, attention_map, attention_mse, attention_tra
 from .base import LOSSES, FunctionLoss, Loss, build_loss, declares
 from .contrastive import CRD
 from .feature import VID, cosine, mse, neuron_selectivity_transfer, smooth_l1
+from .lm import ForwardKL, GeneralizedJSD, ReverseKL, SkewKL, SkewReverseKL, naive_token_kd_loss, token_kd_loss
 from .logit import DIST, LOGIT_LOSSES, DecoupledKD, HardKD, LogitLoss, SoftKD, StandardizedKD, kd_loss
 from .multilevel import ReviewKD, hierarchical_context_loss
 from .relational import correlation_congruence, probabilistic_kt, relational_kd, similarity_preserving
@@ -31,4 +35,5 @@ __all__ = [
     "correlation_congruence", "declares", "kd_loss", "mse", "neuron_selectivity_transfer", "probabilistic_kt",
     "relational_kd", "ReviewKD", "hierarchical_context_loss",
     "similarity_preserving", "smooth_l1",
+    "ForwardKL", "GeneralizedJSD", "ReverseKL", "SkewKL", "SkewReverseKL", "naive_token_kd_loss", "token_kd_loss",
 ]
