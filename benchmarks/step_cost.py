@@ -9,13 +9,22 @@ Model pairs: `cnn` ResNet-34 -> ResNet-18 (equal widths: identity adapters), `vi
 adapters), `cnn_wide` ResNet-26 -> ResNet-18 (1x1 conv + BatchNorm adapters on every pair). Pairs are added
 in the order layer1, layer2, layer3, layer4, then the first block of each stage (ViT: blocks 7, 3, 5, 1, ...).
 
-    python benchmarks/step_cost.py                      # CPU, both model pairs
-    python benchmarks/step_cost.py --device cuda --amp bf16 --rounds 50
+Speed-ups, measured in the same interleaved rounds: `--compile`, `--channels-last` and `--also-amp bf16` each add
+twins of three step modes (student only, logit KD, KD + 2 pairs) built on their own copies of the models
+(compiled in place as `train.compile=True` does, hooks attached; channels-last as `train.channels_last=True`;
+autocast as `train.amp`), with combinations when several are given; each twin's `vs eager` ratio is its time over
+the plain mode's in the same round. The first `--warmup` rounds (compilation included) are not timed.
+
+    python benchmarks/step_cost.py                      # CPU, every model pair
+    python benchmarks/step_cost.py --pairs cnn vit --compile --channels-last --also-amp bf16
+    python benchmarks/step_cost.py --device cuda --amp bf16 --rounds 50 --compile
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
 import json
 import platform
 import random
@@ -28,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from featdistill import Distiller, FeatureHooks, LogitKD, Pair
+from featdistill.train import speedups
 
 OUT = Path(__file__).parent / "out"
 
@@ -124,6 +134,53 @@ def build_modes(teacher, student, pairs, shape, batch, device, amp):
     return modes, closers
 
 
+TWINNED = ("step: student only", "step: logit KD", "step: KD + 2 pairs")
+
+
+def variant_names(compile_: bool, channels_last: bool, also_amp: str) -> list[tuple[str, ...]]:
+    """Every non-empty combination of the asked speed-ups, e.g. ``[('compiled',), ('bf16',), ('compiled', 'bf16')]``."""
+    asked = [name for name, on in (("compiled", compile_), ("channels_last", channels_last),
+                                   (also_amp, also_amp != "none")) if on]
+    return [combo for n in range(1, len(asked) + 1) for combo in itertools.combinations(asked, n)]
+
+
+def build_twins(teacher, student, pairs, shape, batch, device, base_amp, variants, backend="inductor"):
+    """``{'<mode> [<variant>]': step}`` for each of :data:`TWINNED` and each variant, on fresh model copies."""
+    twins, closers = {}, []
+    for variant in variants:
+        amp = next((AMPS[v] for v in variant if v in AMPS), base_amp)
+        t, s = copy.deepcopy(teacher).to(device), copy.deepcopy(student).to(device)
+        x = torch.randn(batch, *shape, device=device)
+        if "channels_last" in variant:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (batch,), device=device)
+        label = " [" + " + ".join(variant) + "]"
+        s_opt = torch.optim.SGD(s.parameters(), lr=1e-4)
+
+        def student_only(s=s, x=x, y=y, amp=amp, opt=s_opt):
+            with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+                loss = F.cross_entropy(s(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        steps = {"step: student only": student_only}
+        for n in (0, 2):
+            d = Distiller(t, s, pairs[:n], kd=LogitKD(), sample_input=x[:2]).to(device)
+            closers.append(d)
+            if "channels_last" in variant:  # the student, the teacher and the adapters, before the optimizer
+                speedups.to_channels_last(d)
+            steps["step: logit KD" if n == 0 else "step: KD + 2 pairs"] = make_step(
+                d, torch.optim.SGD(d.parameters(), lr=1e-4), x, y, amp)
+        if "compiled" in variant:  # after the Distillers' dry runs, as the runner does
+            speedups.compile_in_place([s, t], backend=backend)
+        twins.update({name + label: step for name, step in steps.items()})
+    return twins, closers
+
+
+AMPS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def measure(modes, rounds, warmup, device, seed=0):
     times = {name: [] for name in modes}
     order = list(modes)
@@ -162,13 +219,24 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--compile", action="store_true", help="add compiled twins (train.compile=True)")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled twins")
+    parser.add_argument("--channels-last", action="store_true", help="add channels-last twins")
+    parser.add_argument("--also-amp", choices=["none", "bf16", "fp16"], default="none",
+                        help="add twins under this autocast (beside the --amp ones)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    amp = AMPS.get(args.amp)
+    variants = variant_names(args.compile, args.channels_last, args.also_amp)
     results = {}
     for which in args.pairs:
+        torch._dynamo.reset()
         teacher, student, pairs, shape = PAIRS[which](args.image)
+        twins, twin_closers = build_twins(teacher, student, pairs, shape, args.batch, args.device, amp, variants,
+                                          args.compile_backend)
         modes, closers = build_modes(teacher, student, pairs, shape, args.batch, args.device, amp)
+        modes.update(twins)
+        closers += twin_closers
         times = measure(modes, args.rounds, args.warmup, args.device)
         peaks = peak_memory(modes, args.device)
         for c in closers:
@@ -180,23 +248,32 @@ def main(argv=None) -> int:
             ratios = [t / b for t, b in zip(ts, base)]
             results[which][name] = {"median_ms": 1000 * statistics.median(ts), "ratio": statistics.median(ratios),
                                     "peak_mib": peaks.get(name)}
+            plain = name.split(" [")[0]
+            if plain != name:  # a speed-up twin: against its eager mode, round by round
+                results[which][name]["vs_eager"] = statistics.median(t / e for t, e in zip(ts, times[plain]))
     meta = {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
         "cpus": torch.get_num_threads(),
         "device": args.device if args.device != "cuda" else torch.cuda.get_device_name(),
         "torch": torch.__version__, "timm": timm.__version__, "amp": args.amp, "batch": args.batch,
-        "image": args.image, "rounds": args.rounds,
+        "image": args.image, "rounds": args.rounds, "warmup": args.warmup, "variants": [list(v) for v in variants],
+        "compile_backend": args.compile_backend if args.compile else None,
+        "bf16_cpu_kernels": torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = f"step_cost_{args.device}_{args.amp}"
+    tag = f"step_cost_{args.device}_{args.amp}" + "".join(f"_{v}" for v in ("compile", "channels_last")
+                                                          if getattr(args, v)) + \
+        (f"_also_{args.also_amp}" if args.also_amp != "none" else "")
     (args.out / f"{tag}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     lines = [f"step cost ({meta['device']}, amp={args.amp}, batch {args.batch}, {args.image}px, {args.rounds} "
              "interleaved rounds; ratio = median over rounds of (mode / logit-KD step) or (mode / plain forward))",
              ""]
-    lines += ["| mode | " + " | ".join(f"{w} ms | {w} ratio" for w in results) + " |",
-              "|---|" + "---:|---:|" * len(results)]
+    lines += ["| mode | " + " | ".join(f"{w} ms | {w} ratio | {w} vs eager" for w in results) + " |",
+              "|---|" + "---:|---:|---:|" * len(results)]
     for name in next(iter(results.values())):
-        cells = " | ".join(f"{results[w][name]['median_ms']:.1f} | {results[w][name]['ratio']:.3f}x" for w in results)
+        cells = " | ".join(f"{results[w][name]['median_ms']:.1f} | {results[w][name]['ratio']:.3f}x | "
+                           + (f"{results[w][name]['vs_eager']:.3f}x" if "vs_eager" in results[w][name] else "-")
+                           for w in results)
         lines.append(f"| {name} | {cells} |")
     table = "\n".join(lines)
     (args.out / f"{tag}.md").write_text(table + "\n")

@@ -115,7 +115,8 @@ class _Capture:
         if owner.clone is True or (owner.clone == "auto" and (self.name in owner.inplace_layers
                                                               or owner.repeat == "stack")):
             tensor = tensor.clone()  # a later in-place op (e.g. ReLU(inplace=True) after bn1) would change it
-        elif owner.clone == "auto":
+        elif owner.clone == "auto" and not torch.compiler.is_compiling():
+            # a compiled graph's outputs carry no meaningful version counter; the eager dry run found the layers
             owner.versions[self.name] = tensor._version
         if self.name not in store:
             store[self.name] = [tensor] if owner.repeat == "stack" else tensor

@@ -7,26 +7,34 @@ Exit codes: 0 ok, 2 a problem in the input (the message says what and how to fix
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import signal
 import sys
 import traceback
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..capture import list_layers
-from ..config import Pair, Recipe
+from ..config import Recipe
 from ..data import make_loaders, sample_batch
 from ..distill import Distiller
-from ..errors import FeatdistillError, RecipeError, UnknownNameError, explain
-from ..losses import LOSSES, Loss
+from ..errors import FeatdistillError, RecipeError, explain
 from ..models import build_model, count_params
 from ..recipe import load_recipe, try_overrides, validate
-from ..train import CHECKPOINT, METRICS, Interrupted, NonFiniteLoss, StopRequest, Trainer, read_checkpoint, trim_metrics
+from ..train import (
+    CHECKPOINT,
+    METRICS,
+    Interrupted,
+    NonFiniteLoss,
+    StopRequest,
+    Trainer,
+    read_checkpoint,
+    speedups,
+    trim_metrics,
+)
 from ..train import distributed as dist_run
+from .build import build_distiller
 from .list_losses import list_losses_cmd
 from .report import finish, summarize
 from .rundir import SAFE_ON_RESUME, new_run_dir, record_run, resume_recipe
@@ -78,36 +86,6 @@ def resolve(args: argparse.Namespace) -> tuple[Recipe, Path, list[str]]:
     if problems:
         raise RecipeError(problems, str(path))
     return recipe, path, args.overrides
-
-
-def _wants_num_samples(pair: Pair) -> bool:
-    """Whether the pair's loss keeps a memory of every training sample (declares ``needs_index`` and takes
-    ``num_samples``) and its ``loss_kwargs`` leave that number out."""
-    if "num_samples" in pair.loss_kwargs:
-        return False
-    try:
-        entry = LOSSES.get(pair.loss) if isinstance(pair.loss, str) else pair.loss
-    except UnknownNameError:
-        return False  # the Distiller reports it
-    if isinstance(entry, Loss) or not getattr(entry, "needs_index", False):
-        return False
-    takes = [entry.build, entry] if isinstance(entry, type) else [entry]
-    try:
-        return any("num_samples" in inspect.signature(f).parameters for f in takes)
-    except (TypeError, ValueError):
-        return False
-
-
-def build_distiller(recipe: Recipe, teacher, student, sample: torch.Tensor,
-                    num_samples: int | None = None) -> Distiller:
-    """The recipe's Distiller; a loss with a per-sample memory bank (``crd``) gets ``num_samples``, the size of the
-    training split, unless the pair's ``loss_kwargs`` give it."""
-    pairs = recipe.pairs
-    if num_samples is not None and isinstance(pairs, (list, tuple)):
-        pairs = [replace(p, loss_kwargs={**p.loss_kwargs, "num_samples": num_samples}) if _wants_num_samples(p)
-                 else p for p in pairs]
-    return Distiller(teacher, student, pairs, kd=recipe.kd, sample_input=sample,
-                     label_smoothing=recipe.train.label_smoothing)
 
 
 def preflight(recipe: Recipe, num_classes: int, sample: torch.Tensor, device: torch.device,
@@ -203,6 +181,8 @@ def train_and_report(args: argparse.Namespace, recipe: Recipe, loaders, sample: 
         loaders = train_loaders(recipe, with_index=True)
     if not args.quiet:
         print(distiller.plan(), flush=True)
+    # after the dry run (it finds the captures to copy), before DDP (it registers the parameters as they will be)
+    speedups.apply(train, student, distiller.teacher, extra=[distiller.adapters, distiller.feature_losses])
     model = dist_run.wrap(distiller, device, sync_bn=train.sync_bn)  # DDP under torchrun, else the Distiller
     dist_run.seed_rank(train.seed, world)
     trainer = Trainer(distiller, model, loaders, train, device, eval_model=student,
@@ -224,7 +204,8 @@ def train_and_report(args: argparse.Namespace, recipe: Recipe, loaders, sample: 
     if trainer.history and trainer.history[-1]["epoch"] + 1 < train.epochs:  # --stop-after
         print(f"stopped after epoch {trainer.history[-1]['epoch'] + 1}; continue with --resume {run_dir}")
         return 0
-    student = distiller.export_student()
+    student = speedups.uncompile(distiller.export_student())
+    speedups.uncompile(teacher)  # the test and the latency figures run both models as a user would load them
     if not world.main:
         return 0  # rank 0 tests, summarises and writes the rest; the others wait for it in dist_run.shutdown
     torch.save(student.state_dict(), run_dir / "student.pt")

@@ -19,7 +19,7 @@ from ..config import Recipe, Train
 from ..data import Batch, make_loaders
 from ..errors import FeatdistillError
 from ..models import build_model, load_weights
-from ..train import NonFiniteLoss, StopRequest, Trainer, atomic_save, distributed
+from ..train import NonFiniteLoss, StopRequest, Trainer, atomic_save, distributed, speedups
 from .teacher_key import cache_dir, cache_path, key
 
 __all__ = ["cache_dir", "cache_path", "prepare_teacher", "teacher_for_rank"]
@@ -134,9 +134,12 @@ def prepare_teacher(recipe: Recipe, loaders, device: torch.device, quiet: bool =
 
     own = make_loaders(recipe.data, spec.pretrain.batch_size, seed=spec.pretrain.seed)
     try:
+        speedups.apply(spec.pretrain, teacher)
         Trainer(teacher, loss_fn, own, spec.pretrain, device, teacher, desc="teacher", quiet=quiet).fit(stop=stop)
     except NonFiniteLoss as exc:
         raise _diverged(exc, spec.pretrain) from None
+    finally:
+        speedups.uncompile(teacher)
     if path is None:
         return teacher, f"trained for this run only (not cached: {uncacheable})"
     if refused:

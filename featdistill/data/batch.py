@@ -52,12 +52,19 @@ class Batch:
         """``attention_mask [B, T]`` of mapping inputs (1 = a real token), else None."""
         return self.inputs.get("attention_mask") if isinstance(self.inputs, Mapping) else None
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+    def to(self, device: torch.device | str, non_blocking: bool = False,
+           memory_format: torch.memory_format | None = None) -> Batch:
+        """On ``device``; with ``memory_format`` (``torch.channels_last``), 4-d float inputs take that layout."""
         def move(v: Any) -> Any:
             return v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
 
-        inputs = {k: move(v) for k, v in self.inputs.items()} if isinstance(self.inputs, Mapping) \
-            else move(self.inputs)
+        def layout(v: Any) -> Any:
+            if memory_format is None or not isinstance(v, torch.Tensor) or v.dim() != 4 or not v.is_floating_point():
+                return v
+            return v.contiguous(memory_format=memory_format)
+
+        inputs = {k: layout(move(v)) for k, v in self.inputs.items()} if isinstance(self.inputs, Mapping) \
+            else layout(move(self.inputs))
         return Batch(inputs, move(self.labels), move(self.index))
 
     def run(self, model: Any) -> Any:

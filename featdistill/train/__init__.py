@@ -1,6 +1,6 @@
 """Train: the loop shared by the teacher stage and distillation (:mod:`.trainer`), exact-resume checkpoints
 (:mod:`.checkpoint`), clean stops on SIGINT/SIGTERM (:mod:`.interrupt`) and training under torchrun
-(:mod:`.distributed`)."""
+(:mod:`.distributed`), channels-last and torch.compile (:mod:`.speedups`)."""
 
 from .checkpoint import CHECKPOINT, METRICS, atomic_save, read_checkpoint, rng_state, set_rng_state, trim_metrics
 from .interrupt import Interrupted, StopRequest

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..data.batch import IGNORE_INDEX, Batch
 from ..errors import FeatdistillError
+from . import speedups
 from .checkpoint import CHECKPOINT, METRICS, atomic_save, read_checkpoint, rng_state, set_rng_state, trim_metrics
 from .distributed import World, average, sum_counts, wait_for_main
 from .interrupt import Interrupted, StopRequest
@@ -108,6 +109,7 @@ class Trainer:
         self.steps = len(loaders.train)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._schedule())
         self.scaler = torch.amp.GradScaler(device.type, enabled=train.amp == "fp16")
+        self.memory_format = speedups.memory_format(train)  # image batches in the models' layout
         self.start: tuple[int, int] = (0, 0)  # (epoch, batches already done in it)
         self.partial: dict = {}  # sums of a part-done epoch, restored by resume
         self._pending_rng: dict | None = None  # mid-epoch resume: restored once the epoch's iterator exists
@@ -185,7 +187,7 @@ class Trainer:
             bar = tqdm(batches, desc=f"{self.desc} {epoch + 1}/{train.epochs}", total=self.steps, initial=skip,
                        leave=False, disable=self.quiet, mininterval=1.0, dynamic_ncols=True)
             for i, raw in enumerate(bar, start=skip):
-                batch = Batch.of(raw).to(self.device, non_blocking=True)
+                batch = Batch.of(raw).to(self.device, non_blocking=True, memory_format=self.memory_format)
                 lr = self.scheduler.get_last_lr()[0]  # the rate this step trains at (step() advances it)
                 terms = self.step(batch, (epoch, i))
                 n = batch.size
