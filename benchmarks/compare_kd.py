@@ -28,7 +28,8 @@ visible). These models are too small to keep two cores busy in one process, so t
 finish about 1.5x sooner. The thread count changes float summation order, so a seed's accuracy can differ
 from a plain `featdistill.run` with more threads; tables are comparable when made with the same --jobs
 (recorded in the JSON). Each teacher is trained (or loaded) once in the main process before the workers
-start, so they never race for the cache.
+start, so they never race for the cache. Each finished run is kept in `<out>/<tag>.runs.jsonl`: the same command
+run again (after a crash, a Ctrl-C or the end of a session) trains only the runs that are missing.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from journal import RunJournal
 from methods import METHODS, method_modes
 from paired import paired, seed_range
 
@@ -111,8 +113,9 @@ def prepare_teachers(recipe: Path, modes: dict[str, list[str]], extra: list[str]
 
 
 def run_all(recipes: list[Path], modes: dict[str, list[str]], seeds: list[int], extra: list[str], workdir: Path,
-            jobs: int, threads: int, on_recipe_done) -> dict:
-    """Every (recipe, seed, mode) run; ``on_recipe_done(name, table)`` is called as each recipe completes."""
+            jobs: int, threads: int, on_recipe_done, journal: RunJournal | None = None) -> dict:
+    """Every (recipe, seed, mode) run; ``on_recipe_done(name, table)`` is called as each recipe completes. Runs the
+    ``journal`` already holds are not trained again; each new one is added to it as it finishes."""
     tasks = [(recipe, mode, seed) for recipe in recipes for seed in seeds for mode in modes]  # seed-major
     args = [(recipe, extra + modes[mode], seed, workdir) for recipe, mode, seed in tasks]
     summaries: dict[tuple, dict] = {}
@@ -133,15 +136,26 @@ def run_all(recipes: list[Path], modes: dict[str, list[str]], seeds: list[int], 
     for recipe in recipes:
         print(f"{recipe.stem}: modes {list(modes)}, seeds {seeds}", flush=True)
         hashes[recipe.stem] = prepare_teachers(recipe, modes, extra)
+    keys = [RunJournal.key(a[0], a[1], a[2], threads, hashes[a[0].stem]) for a in args]
+    kept = {k: journal.get(k) for k in keys if journal is not None and journal.get(k) is not None}
+    if kept:
+        print(f"  {len(kept)} of {len(keys)} runs are already in {journal.path}: kept (delete it to train them "
+              "again)", flush=True)
+
+    def finished(key: tuple, journal_key: str, summary: dict) -> None:
+        if journal is not None and journal_key not in kept:
+            journal.add(journal_key, summary)
+        record(key, summary)
+
     if jobs == 1:  # in this process, with all its threads
-        for key, a in zip(tasks, args):
-            record(key, train_once(*a))
+        for key, a, k in zip(tasks, args, keys):
+            finished(key, k, kept[k] if k in kept else train_once(*a))
         return tables
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
                              initargs=(threads,)) as pool:
-        futures = [pool.submit(train_once, *a) for a in args]
-        for key, future in zip(tasks, futures):  # in submission order, so the log and tables stay in order
-            record(key, future.result())
+        futures = [None if k in kept else pool.submit(train_once, *a) for a, k in zip(args, keys)]
+        for key, k, future in zip(tasks, keys, futures):  # in submission order, so the log and tables stay in order
+            finished(key, k, kept[k] if future is None else future.result())
     return tables
 
 
@@ -304,7 +318,8 @@ def measure(recipes: list[Path], modes: dict[str, dict[str, list[str]]], seeds: 
 
     with tempfile.TemporaryDirectory() as tmp:
         for recipe in recipes:
-            run_all([recipe], modes[recipe.stem], seeds, args.extra, Path(tmp), jobs, threads, done)
+            run_all([recipe], modes[recipe.stem], seeds, args.extra, Path(tmp), jobs, threads, done,
+                    RunJournal(args.out / f"{tag}.runs.jsonl"))
     return results, meta
 
 

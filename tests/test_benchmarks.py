@@ -47,6 +47,27 @@ def test_compare_kd_writes_paired_results(tmp_path):
     table = (out / "t.md").read_text()
     assert table.count("| vit_to_deit |") == 3 and "[95% CI] | verdict |" in table and "sha256" in table
     assert (out / "t.png").stat().st_size > 0
+    assert len((out / "t.runs.jsonl").read_text().splitlines()) == 4  # every finished run is journaled
+
+
+def test_compare_kd_trains_only_the_runs_its_journal_lacks(tmp_path, monkeypatch, capsys):
+    compare_kd = load("compare_kd")
+    recipe = str(BENCH.parent / "recipes" / "vit_to_deit.py")
+    common = [recipe, "--seeds", "1", "--set", "train.epochs=1", "--set", "teacher.pretrain.epochs=1",
+              "--out", str(tmp_path), "--tag", "j", "--jobs", "1"]
+    assert compare_kd.main(common + ["--modes", "logit"]) == 0
+    first = json.loads((tmp_path / "j.json").read_text())["results"]["vit_to_deit"]["modes"]["logit"]
+    trained = []
+    real = compare_kd.train_once
+    monkeypatch.setattr(compare_kd, "train_once", lambda *a: trained.append(a[1]) or real(*a))
+    assert compare_kd.main(common + ["--modes", "alone", "logit"]) == 0
+    assert len(trained) == 1 and trained[0][-2:] == ["kd=None", "pairs=[]"]  # logit comes from the journal
+    assert "1 of 2 runs are already in" in capsys.readouterr().out
+    again = json.loads((tmp_path / "j.json").read_text())["results"]["vit_to_deit"]["modes"]["logit"]
+    assert again["accuracy"] == first["accuracy"]
+    # a changed override is another run: trained again, not taken from the journal
+    assert compare_kd.main(common + ["--modes", "logit", "--set", "kd.temperature=2"]) == 0
+    assert len(trained) == 2
 
 
 def test_paired_interval_and_verdict_by_hand():
@@ -113,6 +134,19 @@ def test_step_cost_reports_ratios(tmp_path):
     # every mode is reported against the logit-KD step of the same rounds (no timing is asserted)
     for name in steps:
         assert results[name]["median_ms"] > 0 and 0 < results[name]["ratio"] < float("inf"), name
+
+
+def test_step_cost_times_speedup_twins_against_their_eager_modes(tmp_path):
+    assert load("step_cost").main(["--pairs", "cnn", "--rounds", "1", "--warmup", "1", "--batch", "2", "--image", "16",
+                                   "--compile", "--compile-backend", "eager", "--channels-last",
+                                   "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "step_cost_cpu_none_compile_channels_last.json").read_text())
+    results = saved["results"]["cnn"]
+    assert saved["meta"]["variants"] == [["compiled"], ["channels_last"], ["compiled", "channels_last"]]
+    for mode in ("step: student only", "step: logit KD", "step: KD + 2 pairs"):
+        for variant in ("compiled", "channels_last", "compiled + channels_last"):
+            assert results[f"{mode} [{variant}]"]["vs_eager"] > 0
+        assert "vs_eager" not in results[mode]
 
 
 def test_vs_peers_matches_timm_terms_exactly(tmp_path):
