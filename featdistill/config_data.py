@@ -28,6 +28,8 @@ class Data:
     val_size: float = 0.15  # fraction held out for validation where the dataset has no val split
     test_size: float = 0.33  # digits, digit_pairs and text only: fraction held out for test
     block_size: int = field(default=128, metadata={"omit_default": True})  # text: tokens per training sequence
+    # loader processes (persistent; 0 loads in the training process); never part of a cache key: batches are equal
+    num_workers: int = field(default=0, metadata={"omit_default": True, "speed_only": True})
     tokenizer: str | None = field(default=None, metadata={"omit_default": True})  # text: None = bytes, or HF dir
 
     def problems(self) -> list[str]:
@@ -52,6 +54,9 @@ class Data:
             found.append(f"data.root is required for 'text': set it to {TEXT_LAYOUT}")
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 2:
             found.append(f"data.block_size must be an int >= 2 (tokens per sequence), got {self.block_size!r}")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            found.append(f"data.num_workers must be an int >= 0 (0: load in the training process), got "
+                         f"{self.num_workers!r}")
         if self.tokenizer is not None and (not isinstance(self.tokenizer, str) or not self.tokenizer.strip()):
             found.append(f"data.tokenizer must be None (bytes) or an HF tokenizer's folder, got {self.tokenizer!r}")
         elif self.tokenizer is not None and self.name not in TEXT_DATASETS:

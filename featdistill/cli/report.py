@@ -57,7 +57,8 @@ def plot_curves(metrics_path: Path, out: Path) -> None:
 
     epochs = [r for r in map(json.loads, metrics_path.read_text().splitlines()) if r["kind"] == "epoch"]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    keys = [k for k in epochs[0] if k not in ("kind", "epoch", "val_accuracy", "epoch_seconds", "images_per_s")]
+    keys = [k for k in epochs[0] if k not in ("kind", "epoch", "val_accuracy", "epoch_seconds", "images_per_s",
+                                             "images_per_s_rank")]
     xs = [r["epoch"] + 1 for r in epochs]
     for key in keys:
         ax_loss.plot(xs, [r[key] for r in epochs], label=key, marker=".")

@@ -121,11 +121,11 @@ def list_layers_cmd(recipe: Recipe, which: str) -> int:
     return 0
 
 
-def train_loaders(recipe: Recipe, with_index: bool = False):
+def train_loaders(recipe: Recipe, with_index: bool = False, pin_memory: bool = False):
     """The run's loaders: under torchrun, this rank's share of each global batch of ``train.batch_size``."""
     world, train = dist_run.current(), recipe.train
     return make_loaders(recipe.data, dist_run.per_rank_batch(train.batch_size, world), seed=train.seed,
-                        rank=world.rank, world_size=world.size, with_index=with_index)
+                        rank=world.rank, world_size=world.size, with_index=with_index, pin_memory=pin_memory)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     if not world.distributed:
         device = pick_device(args.device)
     train = recipe.train
-    loaders = train_loaders(recipe)
+    loaders = train_loaders(recipe, pin_memory=device.type == "cuda")
     sample = sample_batch(recipe.data, 2).to(device)
     with preflight(recipe, loaders.num_classes, sample, device, len(loaders.train.dataset)) as checked:
         if args.dry_run:
@@ -178,7 +178,7 @@ def train_and_report(args: argparse.Namespace, recipe: Recipe, loaders, sample: 
     student = build_model(recipe.student, loaders.num_classes, loaders.in_chans, where="student").to(device)
     distiller = build_distiller(recipe, teacher, student, sample, len(loaders.train.dataset))
     if distiller.needs_index:  # a loss with a memory bank: batches carry the samples' indices
-        loaders = train_loaders(recipe, with_index=True)
+        loaders = train_loaders(recipe, with_index=True, pin_memory=device.type == "cuda")
     if not args.quiet:
         print(distiller.plan(), flush=True)
     # after the dry run (it finds the captures to copy), before DDP (it registers the parameters as they will be)

@@ -4,6 +4,7 @@ the factory and of what it uses from its own file), its training settings and se
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -14,8 +15,10 @@ import types
 from pathlib import Path
 from typing import Any
 
-from ..config import Recipe
+from ..config import Data, Recipe
 from ..recipe import to_dict
+
+SPEED_ONLY = {f.name for f in dataclasses.fields(Data) if f.metadata.get("speed_only")}  # e.g. data.num_workers
 
 
 class Uncacheable(Exception):
@@ -142,7 +145,8 @@ def factory_code(factory: Any) -> str:
 
 def key(recipe: Recipe) -> tuple[Path | None, str | None]:
     """The cache file and None, or None and why the teacher cannot be cached."""
-    key = {"teacher": to_dict(recipe.teacher), "data": to_dict(recipe.data)}
+    data = {k: v for k, v in to_dict(recipe.data).items() if k not in SPEED_ONLY}  # the same batches either way
+    key = {"teacher": to_dict(recipe.teacher), "data": data}
     if callable(recipe.teacher.name):  # names keep the keys they always had; a factory adds its code
         try:
             key["code"] = factory_code(recipe.teacher.name)

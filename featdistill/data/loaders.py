@@ -33,9 +33,10 @@ class _Split(Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int):
+        epoch, i = getattr(i, "epoch", self.epoch), int(i)  # an EpochIndex brings its epoch to persistent workers
         x, y = self.base[i]
         if self.augment is not None:
-            x = self.augment(x, torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, i)))
+            x = self.augment(x, torch.Generator().manual_seed(mix_seed(self.seed, epoch, i)))
         if x.dtype == torch.uint8:  # CIFAR stays uint8 in memory: 150 MB instead of 600 MB for 50k images
             mean, std = self.norm
             x = (x.float().div_(255) - mean) / std
@@ -70,21 +71,38 @@ class Loaders:
         self.train.dataset.epoch = epoch
 
 
+class EpochIndex(int):
+    """A sample index that carries the epoch it is drawn for. Persistent workers keep their own copy of the dataset,
+    which ``set_epoch`` never reaches; the sampler runs in the main process, so the epoch travels with each index.
+    Compares, hashes and prints as the plain index."""
+
+    def __new__(cls, index: int, epoch: int):
+        obj = super().__new__(cls, index)
+        obj.epoch = epoch
+        return obj
+
+    def __reduce__(self):
+        return EpochIndex, (int(self), self.epoch)
+
+
 class ResumableSampler(DistributedSampler):
-    """``DistributedSampler`` whose epoch can begin after its first ``start`` indices (the order is unchanged)."""
+    """``DistributedSampler`` whose epoch can begin after its first ``start`` indices (the order is unchanged); its
+    indices are :class:`EpochIndex` values."""
 
     start = 0
 
     def __iter__(self):
-        return itertools.islice(super().__iter__(), self.start, None)
+        return (EpochIndex(i, self.epoch) for i in itertools.islice(super().__iter__(), self.start, None))
 
 
 def make_loaders(data: Data, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, with_index: bool = False) -> Loaders:
+                 num_workers: int | None = None, with_index: bool = False, pin_memory: bool = False) -> Loaders:
     """Loaders over ``data``; batches are ``(x float32 [B, C, S, S], y int64 [B])``, plus ``index int64 [B]`` with
     ``with_index``. The train order is ``DistributedSampler``'s: a permutation seeded by ``seed + epoch``, padded to
-    a multiple of ``world_size``, rank ``r`` taking every ``world_size``-th item from ``r``. Raises
-    FeatdistillError."""
+    a multiple of ``world_size``, rank ``r`` taking every ``world_size``-th item from ``r``. ``num_workers`` (default
+    ``data.num_workers``) loader processes stay alive across epochs; ``pin_memory`` for CUDA copies. The batches are
+    the same whatever the number of workers. Raises FeatdistillError."""
+    num_workers = data.num_workers if num_workers is None else num_workers
     extra = [] if isinstance(batch_size, int) and batch_size >= 1 else [f"batch_size must be >= 1, got {batch_size!r}"]
     if not (isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
         extra.append(f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
@@ -92,7 +110,8 @@ def make_loaders(data: Data, batch_size: int, seed: int = 0, rank: int = 0, worl
     prep = prepare(data)
     train = _Split(prep.train, prep.augment if data.augment else None, seed, prep.norm, with_index)
     sampler = ResumableSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    kw = dict(batch_size=batch_size, num_workers=num_workers)
+    kw = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+              persistent_workers=num_workers > 0)
     # a last batch of one sample breaks BatchNorm in training; dropping it loses nothing (the order reshuffles)
     lone = len(sampler) % batch_size == 1 and len(sampler) > 1
     return Loaders(train=DataLoader(train, sampler=sampler, drop_last=lone, **kw),

@@ -244,7 +244,7 @@ def _imagefolder(data: Data) -> Prepared:
 
 
 def prepare(data: Data) -> Prepared:
-    key = replace(data, augment=False)
+    key = replace(data, augment=False, num_workers=0)
     if data.name == "imagefolder":  # lazy file lists, cheap to rebuild, and files may change between calls
         return _imagefolder(data)
     if key not in _CACHE:

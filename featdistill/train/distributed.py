@@ -260,10 +260,11 @@ def average(values: torch.Tensor, stop: int | None, world: World) -> tuple[list[
     return [v / world.size for v in summed], stop if stop is not None else round(signals / ranks)
 
 
-def sum_counts(counts: list[int], device: torch.device, world: World) -> list[int]:
-    """``counts`` summed over the ranks (e.g. correct and total predictions of sharded evaluation)."""
+def sum_counts(counts: list[float], device: torch.device, world: World) -> list[float]:
+    """``counts`` summed over the ranks (e.g. correct and total predictions of sharded evaluation, or each rank's
+    images/s), each returned as the type it came in (float64 holds integers exactly up to 2**53)."""
     if not world.distributed:
         return counts
-    t = torch.tensor(counts, dtype=torch.long, device=device)
+    t = torch.tensor(counts, dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return [int(v) for v in t.tolist()]
+    return [type(c)(v) for c, v in zip(counts, t.tolist())]

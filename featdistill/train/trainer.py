@@ -202,9 +202,11 @@ class Trainer:
                     self._stop(self._signalled(stop), (epoch, i + 1), records, {
                         "sums": sums, "seen": seen, "elapsed": before + time.perf_counter() - start})
             elapsed = before + time.perf_counter() - start
+            rank_rate = seen / max(elapsed, 1e-9)
+            total_rate, = sum_counts([rank_rate], self.device, self.world)  # every rank's images, as measured
             val = evaluate(self.eval_model, loaders.val, self.device, train.amp, self.world)
             summary = {"kind": "epoch", "epoch": epoch, "val_accuracy": val, "epoch_seconds": elapsed,
-                       "images_per_s": seen * self.world.size / max(elapsed, 1e-9),  # every rank's images
+                       "images_per_s": total_rate, "images_per_s_rank": rank_rate,
                        **{k: v / max(seen, 1) for k, v in sums.items()}}
             self.history.append(summary)
             self._log(records + [summary])

@@ -47,6 +47,8 @@ def test_one_epoch_run_writes_every_output(tmp_path, capsys):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in records} == {"step", "epoch"}
     assert {"loss", "task", "kd", "feat/blocks.1~blocks.1", "lr"} <= set(records[0])
+    epoch = next(r for r in records if r["kind"] == "epoch")
+    assert epoch["images_per_s"] == epoch["images_per_s_rank"] > 0  # one process: the total is its own rate
     assert json.loads((out / "recipe.json").read_text())["train"]["epochs"] == 1
     printed = capsys.readouterr().out
     assert "of the teacher's accuracy at" in printed and ("faster" in printed or "slower" in printed)

@@ -58,6 +58,8 @@ def test_a_torchrun_job_writes_one_run_directory_and_resumes(resumed_job):
     assert second.stdout.count("student:") == 1  # one summary printed, by rank 0
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in epochs if r["kind"] == "epoch"] == [0, 1]  # one writer, no duplicate lines
+    # images/s: rank 0's own, and the sum of both ranks' measured rates (not rank 0's times two)
+    assert all(0 < r["images_per_s_rank"] < r["images_per_s"] for r in epochs if r["kind"] == "epoch")
     assert len([r for r in epochs if r["kind"] == "step"]) == 8  # 4 global steps per epoch
     assert any(p.name.endswith(".pt") for p in (tmp / "cache").rglob("*"))  # rank 0 cached the teacher
 

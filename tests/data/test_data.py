@@ -4,6 +4,7 @@ ImageFolder, and the user-facing errors. CPU only, no downloads: CIFAR and Image
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,11 +101,27 @@ def test_set_epoch_is_deterministic_and_reshuffles():
 
 def test_worker_processes_give_the_same_batches():
     plain = make_loaders(Data(), batch_size=256, seed=1)
-    workers = make_loaders(Data(), batch_size=256, seed=1, num_workers=2)
-    for epoch in (0, 1):  # epoch 1 checks that set_epoch reaches the workers' copy of the dataset
+    workers = make_loaders(Data(num_workers=2), batch_size=256, seed=1)
+    assert workers.train.num_workers == 2 and workers.train.persistent_workers
+    first = None
+    for epoch in (0, 1, 2):  # the workers persist: each epoch's augmentation must still reach them
         plain.set_epoch(epoch)
         workers.set_epoch(epoch)
-        assert _same(_batches(plain.train), _batches(workers.train))
+        batches = _batches(workers.train)
+        assert _same(_batches(plain.train), batches)
+        first = first or batches
+    assert not _same(first, batches)  # epochs differ (order and augmentation), so the check above can fail
+
+
+def test_num_workers_changes_no_cache_key_and_bad_values_are_named():
+    from dataclasses import replace
+
+    from featdistill.cli.teacher_key import cache_path
+    from featdistill.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "resnet_to_resnet.py")
+    assert cache_path(recipe) == cache_path(replace(recipe, data=replace(recipe.data, num_workers=4)))
+    assert any("data.num_workers must be an int >= 0" in p for p in Data(num_workers=-1).problems())
 
 
 def test_two_ranks_disjoint_equal_shards():

@@ -210,7 +210,7 @@ def test_non_finite_loss_stops_before_the_update(bad):
 
 
 # -- exact resume -------------------------------------------------------------------------------
-TIMING = ("epoch_seconds", "images_per_s")
+TIMING = ("epoch_seconds", "images_per_s", "images_per_s_rank")
 
 
 def without_timing(records):
