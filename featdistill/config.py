@@ -82,9 +82,10 @@ class Pair:
         select / teacher_select: pick the tensor from a tuple/dict output (index, key or callable);
             ``teacher_select`` defaults to ``select``.
         capture: one of ``CAPTURES``: the layer's ``'output'`` or ``'input'``, or ``'attention'`` /
-            ``'value_relation'`` for an attention module (timm ``blocks.3.attn``): maps ``[B, heads, N, N]``
-            recomputed from its ``qkv`` output (use ``loss='attention_kl'``; the 'auto' adapter mixes heads and
-            resamples tokens).
+            ``'value_relation'`` for an attention module: maps ``[B, heads, N, N]`` recomputed from the ``qkv``
+            output of timm's ``blocks.3.attn``, or read from a Hugging Face module (``transformer.h.3.attn``,
+            ``model.layers.3.self_attn``; eager attention) (use ``loss='attention_kl'``; the 'auto' adapter mixes
+            heads and resamples tokens).
         repeat: policy for a layer that runs more than once per forward (see ``FeatureHooks``).
         normalize: ``'teacher'`` layer-normalises the teacher feature over channels at each position
             before the loss (parameter-free), ``'both'`` does it to the adapted student feature too.

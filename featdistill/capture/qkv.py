@@ -1,4 +1,5 @@
-"""Attention-map distillation for ViTs whose attention runs fused (``scaled_dot_product_attention``).
+"""Attention-map distillation for ViTs whose attention runs fused (``scaled_dot_product_attention``); Hugging
+Face attention modules are read as :mod:`.hf_attention` describes (:func:`attention_hook` picks the way).
 
 Fused kernels never materialise the attention probabilities, so nothing can hook them. Instead we
 hook the fused ``qkv`` linear of a timm-style attention module (attributes ``qkv``, ``num_heads``,
@@ -21,13 +22,14 @@ this for you (see :mod:`featdistill.capture.taps`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from einops import rearrange
 from torch import nn
 
 from ..errors import FeatdistillError, ShapeError
+from .hf_attention import hf_attention_hook, is_hf_attention
 from .hooks import FeatureHooks, resolve_module
 
 
@@ -39,9 +41,10 @@ def _heads(attn_module: nn.Module) -> tuple[int, int]:
     if missing:
         raise FeatdistillError(
             f"{type(attn_module).__name__} is not a fused-qkv attention module: it lacks {', '.join(missing)}. "
-            "Pass the attention module itself (e.g. model.blocks[3].attn, not the block or its qkv layer); "
-            "find candidates with featdistill.attention_layer_names(model). Modules with separate "
-            "q/k/v projections need their own select= callable."
+            "Pass the attention module itself (timm 'blocks.3.attn', Hugging Face 'transformer.h.3.attn' or "
+            "'model.layers.3.self_attn'; not the block or its qkv layer); find candidates with "
+            "featdistill.attention_layer_names(model). Other modules with separate q/k/v projections need their "
+            "own select= callable."
         )
     head_dim = getattr(attn_module, "head_dim", None) or qkv.out_features // (3 * num_heads)
     if qkv.out_features != 3 * num_heads * head_dim:
@@ -113,32 +116,51 @@ def qkv_transform(attn_module: nn.Module, kind: str = "attention") -> _QkvTransf
     return TRANSFORMS[kind](attn_module)
 
 
+def _fused(m: nn.Module) -> bool:
+    return isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)
+
+
+def attention_hook(model: nn.Module, name: str, kind: str = "attention") -> tuple[str, object]:
+    """``(layer to hook, select=)`` reading ``kind`` maps ``[B, heads, N, N]`` of the attention module ``name``: its
+    ``qkv`` output for a timm-style fused module, its own output (or value projection) for a Hugging Face one
+    (see :mod:`.hf_attention`)."""
+    module = resolve_module(model, name)
+    if kind not in TRANSFORMS:
+        raise FeatdistillError(f"attention kind must be one of {sorted(TRANSFORMS)}, got {kind!r}")
+    if not _fused(module) and is_hf_attention(module):
+        return hf_attention_hook(module, name, kind)
+    return f"{name}.qkv", qkv_transform(module, kind)
+
+
 def attention_layer_names(model: nn.Module) -> list[str]:
-    """Names of the submodules with a fused ``qkv`` nn.Linear and an int ``num_heads`` (e.g. ``'blocks.0.attn'``)."""
+    """Names of the attention modules a Pair can read maps from: fused ``qkv`` nn.Linear with an int
+    ``num_heads`` (timm ``'blocks.0.attn'``) or Hugging Face self-attention (``'model.layers.0.self_attn'``)."""
     def fits(m: nn.Module) -> bool:
-        return isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)
+        return _fused(m) or (is_hf_attention(m) and not getattr(m, "is_cross_attention", False))
 
     return [name for name, m in model.named_modules() if name and fits(m)]
 
 
-def attention_maps(model: nn.Module, layer_names: Iterable[str], x: torch.Tensor,
+def attention_maps(model: nn.Module, layer_names: Iterable[str], x: torch.Tensor | Mapping,
                    kind: str = "attention") -> dict[str, torch.Tensor]:
     """``{name: [B, heads, N, N]}`` for attention modules ``layer_names`` from one no-grad forward of ``x``.
 
-    Hooks ``f'{name}.qkv'`` only (removed afterwards) and runs in eval mode; the model's train/eval mode
-    (every submodule's) is restored afterwards.
+    Hooks ``f'{name}.qkv'`` (Hugging Face modules: the module or its value projection) only, removed afterwards,
+    and runs in eval mode; the model's train/eval mode (every submodule's) is restored afterwards. ``x`` may be a
+    mapping of model inputs (``input_ids``, ``attention_mask``), passed as ``model(**x)``.
     ``kind='value_relation'`` gives MiniLM value relations instead of attention probabilities.
     """
     names = list(dict.fromkeys(layer_names))
-    select = {f"{n}.qkv": qkv_transform(resolve_module(model, n), kind) for n in names}
+    hooked = {n: attention_hook(model, n, kind) for n in names}
+    select = dict(hooked.values())
     modes = [(m, m.training) for m in model.modules()]
     with FeatureHooks(model, list(select), select=select, detach=True) as hooks:
         try:
             model.eval()
             with torch.no_grad():
-                model(x)
+                model(**x) if isinstance(x, Mapping) else model(x)
             captured = hooks.pop()
         finally:
             for m, training in modes:
                 m.training = training
-    return {n: captured[f"{n}.qkv"] for n in names}
+    return {n: captured[hooked[n][0]] for n in names}

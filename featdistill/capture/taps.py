@@ -1,8 +1,9 @@
 """Taps: where one side of a pair reads its feature, and the hooks that read a model's taps in one forward.
 
 One tap builder per capture kind in :data:`featdistill.config.CAPTURES`: a layer's ``'output'`` or ``'input'``,
-or, for a fused-qkv attention module, ``'attention'`` probabilities / ``'value_relation'`` maps recomputed from
-its ``qkv`` output (the hook sits on ``<module>.qkv``; the model is never patched).
+or, for an attention module, ``'attention'`` probabilities / ``'value_relation'`` maps ``[B, heads, N, N]``:
+recomputed from a timm-style fused ``qkv`` output (the hook sits on ``<module>.qkv``), or read from a Hugging Face
+module's own eager attention weights / value projection (:mod:`.hf_attention`). The model is never patched.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import FeatdistillError
-from .hooks import FeatureHooks, resolve_module
-from .qkv import qkv_transform
+from .hooks import FeatureHooks
+from .qkv import attention_hook
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ def _plain(hook_on: str) -> Callable[..., Tap]:
 
 def _qkv(kind: str) -> Callable[..., Tap]:
     def build(model: nn.Module, name: str, select: Any, repeat: str) -> Tap:
-        return Tap(kind, f"{name}.qkv", qkv_transform(resolve_module(model, name), kind), repeat, "output")
+        layer, transform = attention_hook(model, name, kind)
+        return Tap(kind, layer, transform, repeat, "output")
 
     return build
 

@@ -28,7 +28,7 @@ ORDER = ("logit", "language-model logit", "feature", "attention", "relational", 
 PACKAGE = "featdistill.losses."
 FEATURE_USE = "Pair(loss=NAME, loss_kwargs={...})"
 LOGIT_USE = "LogitKD(loss=NAME, loss_kwargs={...}) or --set kd.loss=NAME; T is always kd.temperature"
-SKIP = {"self", "student", "teacher", "student_shape", "teacher_shape", "index", "labels"}  # not settings
+SKIP = {"self", "student", "teacher", "student_shape", "teacher_shape", "index", "labels", "mask"}  # not settings
 
 
 @dataclass

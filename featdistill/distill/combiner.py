@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import LogitLoss, Loss
+from ..losses.base import PASSED
 from .calibration import AutoWeights
 from .logits import kept_positions, rows
 
@@ -29,8 +30,9 @@ class LossCombiner:
 
     ``task = alpha * CE(task_logits, y)``, ``kd = (1 - alpha) * logit_loss(kd_logits, teacher_logits)`` (Hinton's
     ``T^2 * KL(softmax(t/T) || softmax(s/T))`` by default; with no KD: ``task = CE``),
-    ``feat/<pair> = w * loss(adapter(S), T)``; ``loss`` is their sum. Logits are ``[B, K]``, or ``[B, T, V]`` whose
-    kept tokens (attention mask, labels not -100) become the rows, so every logit term is a per-token mean.
+    ``feat/<pair> = w * loss(adapter(S), T)`` (a ``masked`` loss also gets the attention mask); ``loss`` is their
+    sum. Logits are ``[B, K]``, or ``[B, T, V]`` whose kept tokens (attention mask, labels not -100) become the rows,
+    so every logit term is a per-token mean.
     ``task_logits`` and ``kd_logits`` differ only for students with a separate distillation head (DeiT).
     ``repr()`` prints the formula with its weights.
     """
@@ -54,7 +56,8 @@ class LossCombiner:
         mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """``features``: per term, ``(aligned student, aligned teacher)``; ``needs``: what losses may declare
-        (``index``); ``mask``: ``[B, T]`` attention mask of sequence inputs."""
+        (``index``); ``mask``: ``[B, T]`` attention mask of sequence inputs, for the logit rows and the feature
+        losses that declare ``masked`` (per-token features and attention maps then count real tokens only)."""
         out: dict[str, torch.Tensor] = {}
         kd = self.kd
         keep = kept_positions(task_logits, labels, mask)
@@ -67,9 +70,8 @@ class LossCombiner:
             # with no labels the soft term is all there is, so it keeps weight 1
             soft_weight = (1 - kd.alpha) if labels is not None else 1.0
             out["kd"] = soft_weight * self._logit_term(kd_logits, teacher_logits, y, keep)
-        needs = needs or {}
-        raw = [term.loss(s, t, **({"index": needs.get("index")} if term.loss.needs_index else {}))
-               for term, (s, t) in zip(self.terms, features)]
+        needs = {**(needs or {}), "mask": mask}
+        raw = [term.loss(s, t, **self._needs(term.loss, needs)) for term, (s, t) in zip(self.terms, features)]
         if self.auto is not None and raw:
             reference = out.get("kd", out.get("task"))
             if self.auto.training and reference is not None and self.auto.calibrating:
@@ -81,6 +83,11 @@ class LossCombiner:
             out[f"feat/{term.name}"] = weight * value
         out["loss"] = sum(out.values()) if out else task_logits.sum() * 0.0
         return out
+
+    @staticmethod
+    def _needs(loss: Loss, needs: dict[str, Any]) -> dict[str, Any]:
+        """What ``loss`` declares it takes: ``index`` (``needs_index``), the padding ``mask`` (``masked``)."""
+        return {key: needs.get(key) for need, key in PASSED.items() if getattr(loss, need, False)}
 
     def _logit_term(self, student, teacher, y, keep) -> torch.Tensor:
         """The logit loss on the kept rows. A loss with ``masked_rows`` (the chunked LM losses) gets all ``[B*T, V]``

@@ -64,6 +64,7 @@ class PlannedPair:
                                        for i, (s, ss, t, ts) in enumerate(levels, 1))])
         return (f"  {p.student} {list(self.student_shape)} -> {self.adapter_name} ({self.adapter_params:,} params)"
                 f" -> {p.teacher} {list(self.teacher_shape)}  loss={self.loss_name} weight={weight}"
+                + (f" capture={p.capture}" if p.capture != "output" else "")
                 + (f" normalize={p.normalize}" if p.normalize else ""))
 
 

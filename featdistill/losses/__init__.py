@@ -1,7 +1,9 @@
 """Losses, one file per family; importing this package registers every shipped loss.
 
-- :mod:`.base`: ``Loss`` (a module declaring ``channel_free`` / ``relational`` / ``needs_index``), ``LOSSES``,
-  ``build_loss``, ``declares``.
+- :mod:`.base`: ``Loss`` (a module declaring ``channel_free`` / ``relational`` / ``needs_index`` / ``multi_layer`` /
+  ``masked``), ``LOSSES``, ``build_loss``, ``declares``.
+- :mod:`.masking`: padding masks for per-token features ``[B, T, C]`` and attention maps ``[B, H, T, T]`` (the
+  ``masked`` losses below: ``mse``, ``smooth_l1``, ``cosine``, ``attention_kl``, ``attention_mse``).
 - :mod:`.logit`: ``LOGIT_LOSSES`` (``'soft'`` Hinton KD, ``'hard'`` DeiT, ``'dkd'`` Decoupled KD, ``'dist'`` DIST,
   ``'ls'`` / ``'logit_standardized'`` logit standardization) and ``kd_loss``.
 - :mod:`.lm`: token-level KD for language models, also in ``LOGIT_LOSSES``: ``forward_kl``, ``reverse_kl``

@@ -1,5 +1,10 @@
 """Attention losses: where a layer's activation energy sits (Zagoruyko & Komodakis' attention transfer), and
-attention probability maps ``[B, heads, N, N]`` (TinyBERT / MiniLM, captured with ``Pair(capture='attention')``)."""
+attention probability maps ``[B, heads, N, N]`` (TinyBERT / MiniLM, captured with ``Pair(capture='attention')``).
+
+The map losses are ``masked``: with a padding ``mask`` ``[B, T]`` (text batches) padded key columns are dropped and
+each row renormalised over the real keys (a no-op for the model's own probabilities, whose padded keys are 0
+already; for value relations it is the softmax over real tokens), and only real query rows are averaged, so a
+row with no real key never yields NaN and a padded batch gives the same per-row loss as unpadded sequences."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import torch.nn.functional as F
 
 from ..errors import ShapeError
 from .base import LOSSES, declares
+from .masking import map_mask, restrict_keys, token_mean
 
 EPS = 1e-8
 
@@ -46,18 +52,37 @@ def _check_maps(student: torch.Tensor, teacher: torch.Tensor, loss: str) -> None
         )
 
 
-@LOSSES.register("attention_kl", "value_relation_kl")
-def attention_kl(student: torch.Tensor, teacher: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """``KL(teacher || student)`` per query row of probability maps ``[B, H, N, N]``: summed over keys
-    (last dim), averaged over batch, heads and rows. Logs are taken of ``clamp(p, min=eps)``."""
-    _check_maps(student, teacher, "attention_kl")
+def _masked_maps(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None, renormalise: bool):
+    """``(student, teacher, [B, T] float mask or None)``: float32 maps, restricted to real keys when masked."""
     s, t = student.float(), teacher.float()
+    tokens = map_mask(s, mask)
+    if tokens is not None and renormalise:
+        s, t = restrict_keys(s, tokens), restrict_keys(t, tokens)
+    return s, t, tokens
+
+
+@LOSSES.register("attention_kl", "value_relation_kl")
+@declares(masked=True)
+def attention_kl(student: torch.Tensor, teacher: torch.Tensor, eps: float = EPS,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``KL(teacher || student)`` per query row of probability maps ``[B, H, N, N]``: summed over keys
+    (last dim), averaged over batch, heads and rows (real rows and keys of ``mask`` ``[B, N]``, see the module
+    docstring). Logs are taken of ``clamp(p, min=eps)``."""
+    _check_maps(student, teacher, "attention_kl")
+    s, t, tokens = _masked_maps(student, teacher, mask, renormalise=True)
     kl = t * (t.clamp_min(eps).log() - s.clamp_min(eps).log())
-    return kl.sum(dim=-1).mean()
+    return token_mean(kl.sum(dim=-1), tokens)  # [B, H, N] rows
 
 
 @LOSSES.register("attention_mse")
-def attention_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between maps ``[B, H, N, N]``, averaged over all elements."""
+@declares(masked=True)
+def attention_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error between maps ``[B, H, N, N]`` (TinyBERT), averaged over all elements; with a padding
+    ``mask`` ``[B, N]``: over the real keys of each real query row, then over heads and real rows (maps are
+    compared as given, not renormalised: TinyBERT's maps may be scores)."""
     _check_maps(student, teacher, "attention_mse")
-    return (student.float() - teacher.float()).pow(2).mean()
+    s, t, tokens = _masked_maps(student, teacher, mask, renormalise=False)
+    if tokens is None:
+        return (s - t).pow(2).mean()
+    sq = torch.where(tokens[:, None, None, :] > 0, (s - t).pow(2), torch.zeros((), device=s.device))
+    return token_mean(sq.sum(dim=-1) / tokens.sum(dim=-1).clamp_min(1.0)[:, None, None], tokens)

@@ -17,7 +17,8 @@ from ..registry import Registry
 
 LOSSES = Registry("loss")
 
-NEEDS = ("channel_free", "relational", "needs_index", "multi_layer")
+NEEDS = ("channel_free", "relational", "needs_index", "multi_layer", "masked")
+PASSED = {"needs_index": "index", "masked": "mask"}  # declarations that add a keyword argument to forward
 
 
 class Loss(nn.Module):
@@ -34,6 +35,9 @@ class Loss(nn.Module):
     - ``multi_layer``: compares several layers at once (ReviewKD): its ``Pair`` names a tuple of layers per side
       (shallow -> deep), ``forward`` receives two lists of features ``[S_1..S_L], [T_1..T_L]`` (no adapter: the
       loss holds whatever maps the student's levels) and ``build`` two lists of shapes.
+    - ``masked``: ``forward`` also receives ``mask=`` ``[B, T]`` (1 = a real token; None for inputs without an
+      attention mask), so per-token features ``[B, T, C]`` and attention maps ``[B, H, T, T]`` are averaged over
+      real tokens only (see :mod:`.masking`): a padded batch gives the same per-token loss as unpadded sequences.
 
     A loss with learnable parameters (projection heads, learned variances) registers them as any module does:
     the Distiller holds its losses as submodules, so they train, checkpoint and sync (DDP) with the student.
@@ -44,6 +48,7 @@ class Loss(nn.Module):
     relational: ClassVar[bool] = False
     needs_index: ClassVar[bool] = False
     multi_layer: ClassVar[bool] = False
+    masked: ClassVar[bool] = False
 
     @classmethod
     def build(cls, student_shape: Sequence[int], teacher_shape: Sequence[int], **kwargs: Any) -> Loss:
@@ -70,9 +75,8 @@ class FunctionLoss(Loss):
             setattr(self, need, bool(getattr(fn, need, False)))
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **needs: Any) -> torch.Tensor:
-        if self.needs_index:
-            return self.fn(student, teacher, **needs, **self.kwargs)
-        return self.fn(student, teacher, **self.kwargs)
+        passed = {key: needs[key] for need, key in PASSED.items() if getattr(self, need) and key in needs}
+        return self.fn(student, teacher, **passed, **self.kwargs)
 
     @property
     def label(self) -> str:
@@ -83,12 +87,12 @@ class FunctionLoss(Loss):
 
 
 def declares(channel_free: bool = False, relational: bool = False, needs_index: bool = False,
-             multi_layer: bool = False):
+             multi_layer: bool = False, masked: bool = False):
     """Decorator for a plain loss function: what it needs (see :class:`Loss`)."""
 
     def mark(fn: Callable) -> Callable:
         fn.channel_free, fn.relational, fn.needs_index = channel_free, relational, needs_index
-        fn.multi_layer = multi_layer
+        fn.multi_layer, fn.masked = multi_layer, masked
         return fn
 
     return mark

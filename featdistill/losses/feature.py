@@ -1,7 +1,9 @@
 """Feature losses between an adapted student feature and its teacher feature: FitNet hints (``mse``),
 ``smooth_l1`` and ``cosine`` (equal shapes), ``nst`` (neuron selectivity transfer: MMD between channel
 distributions, widths may differ) and ``vid`` (variational information distillation: Gaussian likelihood with
-learned per-channel variances). Shapes: maps ``[B, C, H, W]``, tokens ``[B, N, C]`` or vectors ``[B, C]``."""
+learned per-channel variances). Shapes: maps ``[B, C, H, W]``, tokens ``[B, N, C]`` or vectors ``[B, C]``.
+``mse``, ``smooth_l1`` and ``cosine`` are ``masked``: for sequences ``[B, T, C]`` with a padding ``mask`` ``[B, T]``
+they average over real tokens only (:mod:`.masking`); ``cosine`` is then DistilBERT's cosine embedding loss."""
 
 from __future__ import annotations
 
@@ -15,19 +17,34 @@ from torch import nn
 
 from ..errors import ShapeError
 from .base import LOSSES, Loss, declares
+from .masking import sequence_mask, token_mean
 from .relational import _float32
 
 
+def _elementwise(loss: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """An elementwise loss averaged over all elements; sequences ``[B, T, C]``: over channels, then real tokens."""
+    tokens = sequence_mask(loss, mask)
+    return loss.mean() if tokens is None else token_mean(loss.mean(dim=-1), tokens)
+
+
 @LOSSES.register("mse")
-def mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over all elements (FitNet hints). Any equal shapes."""
-    return F.mse_loss(student.float(), teacher.float())
+@declares(masked=True)
+def mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error over all elements (FitNet hints). Any equal shapes; sequences ``[B, T, C]`` with a
+    padding ``mask`` ``[B, T]``: the mean over channels and real tokens."""
+    if mask is None:
+        return F.mse_loss(student.float(), teacher.float())
+    return _elementwise(F.mse_loss(student.float(), teacher.float(), reduction="none"), mask)
 
 
 @LOSSES.register("smooth_l1")
-def smooth_l1(student: torch.Tensor, teacher: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
-    """Smooth L1 (Huber with ``beta``) over all elements. Any equal shapes."""
-    return F.smooth_l1_loss(student.float(), teacher.float(), beta=beta)
+@declares(masked=True)
+def smooth_l1(student: torch.Tensor, teacher: torch.Tensor, beta: float = 1.0,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Smooth L1 (Huber with ``beta``) over all elements. Any equal shapes; masked as :func:`mse`."""
+    if mask is None:
+        return F.smooth_l1_loss(student.float(), teacher.float(), beta=beta)
+    return _elementwise(F.smooth_l1_loss(student.float(), teacher.float(), beta=beta, reduction="none"), mask)
 
 
 def channel_dim(x: torch.Tensor) -> int:
@@ -36,9 +53,12 @@ def channel_dim(x: torch.Tensor) -> int:
 
 
 @LOSSES.register("cosine")
-def cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """``1 - cos(s, t)`` over the channel dim, averaged over batch and positions."""
-    return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=channel_dim(student), eps=1e-8)).mean()
+@declares(masked=True)
+def cosine(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``1 - cos(s, t)`` over the channel dim, averaged over batch and positions; sequences ``[B, T, C]`` with a
+    padding ``mask`` ``[B, T]``: over real tokens only (DistilBERT's cosine embedding loss on hidden states)."""
+    per_position = 1 - F.cosine_similarity(student.float(), teacher.float(), dim=channel_dim(student), eps=1e-8)
+    return token_mean(per_position, sequence_mask(student, mask))
 
 
 # -- distribution matching: NST ----------------------------------------------------------------------------------

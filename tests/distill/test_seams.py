@@ -142,7 +142,8 @@ def test_a_dict_batch_reaches_a_model_that_takes_input_ids_and_terms_are_per_tok
         with torch.no_grad():
             s, t = student(ids)["logits"], teacher(ids)["logits"]
             s_mix, t_mix = student.mix(student.embed(ids)), teacher.mix(teacher.embed(ids))
-            feat = (1 - F.cosine_similarity(adapter(s_mix), t_mix, dim=-1)).mean()
+            # feature terms count real tokens (attention mask), labels aside: 10 of the 15 positions
+            feat = (1 - F.cosine_similarity(adapter(s_mix), t_mix, dim=-1))[mask == 1].mean()
     keep = (mask == 1) & (labels != -100)  # 9 tokens count, not 15 positions
     assert int(keep.sum()) == 9
     s_k, t_k, y_k = s[keep], t[keep], labels[keep]
