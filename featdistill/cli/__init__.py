@@ -1,2 +1,4 @@
-"""The command line: :mod:`.run` (``python -m featdistill.run``), :mod:`.teacher` (train or load the teacher,
-and its cache) and :mod:`.report` (summary, latency, curves)."""
+"""The command line: :mod:`.run` (``python -m featdistill.run``), :mod:`.build` (the recipe's Distiller),
+:mod:`.teacher` (train or load the teacher, and its cache), :mod:`.report` (summary, latency, curves),
+:mod:`.inspect` and :mod:`.inspect_output` (``python -m featdistill.inspect``: dark knowledge and layer
+similarity before training, and after a run)."""
