@@ -1,4 +1,5 @@
-"""The end of a run: latency, the summary (JSON and printed) and the curves plot."""
+"""The end of a run: latency, the summary (JSON and printed) and the curves plot; for text runs the held-out
+language-model figures come from :mod:`.lm_report`."""
 
 from __future__ import annotations
 
@@ -11,29 +12,33 @@ import torch
 from torch import nn
 
 from ..config import Recipe
-from ..data import sample_batch
+from ..data import Batch, is_text, sample_batch
 from ..models import count_params
 from ..train import METRICS, evaluate
+from .lm_report import lm_lines, lm_results
 
 
 @torch.no_grad()
-def cpu_latency(models: dict[str, nn.Module], sample: torch.Tensor, rounds: int = 30) -> dict[str, float]:
-    """Median batch-``len(sample)`` forward time in ms per model on the CPU, models interleaved per round
-    so machine noise hits all alike."""
+def cpu_latency(models: dict[str, nn.Module], sample, rounds: int = 30) -> dict[str, float]:
+    """Median forward time in ms per model on the CPU for ``sample`` (an image batch, or a dict of token tensors:
+    ``model(**sample)``), models interleaved per round so machine noise hits all alike."""
     models = {k: m.to("cpu").eval() for k, m in models.items()}
-    sample = sample.to("cpu")
+    sample = Batch.of(sample).to("cpu")
     times: dict[str, list[float]] = {k: [] for k in models}
     for r in range(rounds + 3):
         for name, model in models.items():
             start = time.perf_counter()
-            model(sample)
+            sample.run(model)
             if r >= 3:  # warm-up rounds
                 times[name].append(time.perf_counter() - start)
     return {k: 1000 * statistics.median(v) for k, v in times.items()}
 
 
 def summarize(summary: dict) -> str:
-    """The printed summary: what share of the teacher's accuracy the student keeps, at what size and speed."""
+    """The printed summary: what share of the teacher's accuracy (or, for text, bits per byte) the student keeps,
+    at what size and speed."""
+    if "student_bits_per_byte" in summary:
+        return "\n".join(lm_lines(summary))
     t_acc, s_acc = summary["teacher_accuracy"], summary["student_accuracy"]
     keeps = s_acc / t_acc if t_acc else float("nan")
     size = summary["student_params"] / summary["teacher_params"]
@@ -49,7 +54,8 @@ def summarize(summary: dict) -> str:
 
 
 def plot_curves(metrics_path: Path, out: Path) -> None:
-    """Loss terms per epoch (left) and validation accuracy (right) from ``metrics.jsonl``."""
+    """Loss terms per epoch (left) and validation accuracy, or bits per byte for text (right), from
+    ``metrics.jsonl``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,15 +63,19 @@ def plot_curves(metrics_path: Path, out: Path) -> None:
 
     epochs = [r for r in map(json.loads, metrics_path.read_text().splitlines()) if r["kind"] == "epoch"]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    keys = [k for k in epochs[0] if k not in ("kind", "epoch", "val_accuracy", "epoch_seconds", "images_per_s",
-                                             "images_per_s_rank")]
+    keys = [k for k in epochs[0] if k not in ("kind", "epoch", "epoch_seconds", "images_per_s", "images_per_s_rank")
+            and not k.startswith("val_")]
     xs = [r["epoch"] + 1 for r in epochs]
     for key in keys:
         ax_loss.plot(xs, [r[key] for r in epochs], label=key, marker=".")
     ax_loss.set(xlabel="epoch", ylabel="mean term per image", title="loss terms", yscale="log")
     ax_loss.legend(fontsize=8)
-    ax_acc.plot(xs, [100 * r["val_accuracy"] for r in epochs], marker=".", color="tab:green")
-    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="student accuracy")
+    if "val_bits_per_byte" in epochs[0]:
+        ax_acc.plot(xs, [r["val_bits_per_byte"] for r in epochs], marker=".", color="tab:green")
+        ax_acc.set(xlabel="epoch", ylabel="validation bits per byte", title="student bits per byte (lower is better)")
+    else:
+        ax_acc.plot(xs, [100 * r["val_accuracy"] for r in epochs], marker=".", color="tab:green")
+        ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="student accuracy")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -73,10 +83,16 @@ def plot_curves(metrics_path: Path, out: Path) -> None:
 
 def finish(recipe: Recipe, teacher: nn.Module, student: nn.Module, loaders, device: torch.device, run_dir: Path,
            teacher_source: str, history: list[dict]) -> dict:
-    """Test accuracies, sizes and CPU latencies of both models: ``summary.json``, ``curves.png``, the dict."""
+    """Test accuracies, sizes and CPU latencies of both models: ``summary.json``, ``curves.png``, the dict. Text:
+    also test loss, perplexity and bits per byte of both, their ratio and a sample each (:func:`lm_results`);
+    accuracies are per token and the latency is one forward of one block."""
     amp = recipe.train.amp
-    student_acc = evaluate(student, loaders.test, device, amp)
-    teacher_acc = evaluate(teacher, loaders.test, device, amp) if recipe.eval_teacher else float("nan")
+    lm = lm_results(recipe, teacher, student, loaders, device) if is_text(recipe.data) else None
+    if lm:
+        student_acc, teacher_acc = lm.pop("student_accuracy"), lm.pop("teacher_accuracy")
+    else:
+        student_acc = evaluate(student, loaders.test, device, amp)
+        teacher_acc = evaluate(teacher, loaders.test, device, amp) if recipe.eval_teacher else float("nan")
     one = sample_batch(recipe.data, 1)
     latency = cpu_latency({"teacher": teacher, "student": student}, one)
     teacher.to(device), student.to(device)
@@ -90,6 +106,9 @@ def finish(recipe: Recipe, teacher: nn.Module, student: nn.Module, loaders, devi
     summary["student_keeps"] = student_acc / teacher_acc if teacher_acc else None
     summary["size_ratio"] = summary["student_params"] / summary["teacher_params"]
     summary["speedup"] = latency["teacher"] / latency["student"]
+    if lm:
+        summary |= {"block_size": recipe.data.block_size, **lm,
+                    "val_bits_per_byte_history": [e["val_bits_per_byte"] for e in history]}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_curves(run_dir / METRICS, run_dir / "curves.png")
     return summary

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import torch
 
-from ..capture import list_layers
 from ..config import Recipe
-from ..data import make_loaders, sample_batch
+from ..data import Batch, in_chans_of, is_text, make_loaders, sample_batch
 from ..distill import Distiller
 from ..errors import FeatdistillError, RecipeError, explain
-from ..models import build_model, count_params
+from ..models import build_model
 from ..recipe import load_recipe, try_overrides, validate
 from ..train import (
     CHECKPOINT,
@@ -35,6 +34,7 @@ from ..train import (
 )
 from ..train import distributed as dist_run
 from .build import build_distiller
+from .list_layers import list_layers_cmd
 from .list_losses import list_losses_cmd
 from .report import finish, summarize
 from .rundir import SAFE_ON_RESUME, new_run_dir, record_run, resume_recipe
@@ -88,37 +88,36 @@ def resolve(args: argparse.Namespace) -> tuple[Recipe, Path, list[str]]:
     return recipe, path, args.overrides
 
 
-def preflight(recipe: Recipe, num_classes: int, sample: torch.Tensor, device: torch.device,
+def describe_sample(recipe: Recipe, sample) -> tuple[str, str]:
+    """The sample batch with the data settings that shape it, and the model setting to fit, for error messages."""
+    if is_text(recipe.data):
+        return f"input_ids {list(sample['input_ids'].shape)} (data.block_size={recipe.data.block_size})", \
+            "n_positions"
+    return (f"{list(sample.shape)} (data.image_size={recipe.data.image_size}, data.in_chans={recipe.data.in_chans})",
+            "img_size")
+
+
+def preflight(recipe: Recipe, num_classes: int, sample, device: torch.device,
               num_samples: int | None = None) -> Distiller:
-    """Build both models and the Distiller on a sample batch before anything expensive: every model setting,
-    layer name, shape, adapter and loss is checked here, not after the teacher stage. The caller closes it."""
+    """Build both models and the Distiller on a sample batch (a tensor ``[B, C, S, S]`` or a dict of ``input_ids`` /
+    ``attention_mask [B, T]``) before anything expensive: every model setting, layer name, shape, adapter and loss
+    is checked here, not after the teacher stage. The caller closes it."""
     models = []
     for side, spec in (("teacher", recipe.teacher), ("student", recipe.student)):
         torch.manual_seed(recipe.train.seed)
-        model = build_model(spec, num_classes, sample.shape[1], where=side).to(device)
+        model = build_model(spec, num_classes, in_chans_of(recipe.data), where=side).to(device)
         try:
             with torch.no_grad():
-                model.eval()(sample)
+                Batch.of(sample).run(model.eval())
         except (RuntimeError, ValueError, AssertionError, TypeError, IndexError) as exc:
             known = explain(exc)
+            what, knob = describe_sample(recipe, sample)
             raise known or FeatdistillError(
-                f"the {side} cannot run on a sample batch {list(sample.shape)} (data.image_size="
-                f"{recipe.data.image_size}, data.in_chans={recipe.data.in_chans}): {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}. Make {side}.kwargs (e.g. img_size) fit the data."
+                f"the {side} cannot run on a sample batch {what}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}. Make {side}.kwargs (e.g. {knob}) fit the data."
             ) from None
         models.append(model.train())
     return build_distiller(recipe, *models, sample, num_samples)
-
-
-def list_layers_cmd(recipe: Recipe, which: str) -> int:
-    sample = sample_batch(recipe.data, 2)
-    spec = recipe.teacher if which == "teacher" else recipe.student
-    model = build_model(spec, make_loaders(recipe.data, 2).num_classes, sample.shape[1], where=which)
-    print(f"{which} {type(model).__name__} ({count_params(model):,} params): name, type, output shape "
-          f"for a batch of {sample.shape[0]}")
-    for name, desc in list_layers(model, sample):
-        print(f"  {name:40s} {desc}")
-    return 0
 
 
 def train_loaders(recipe: Recipe, with_index: bool = False, pin_memory: bool = False):
@@ -141,11 +140,13 @@ def run(args: argparse.Namespace) -> int:
         device = pick_device(args.device)
     train = recipe.train
     loaders = train_loaders(recipe, pin_memory=device.type == "cuda")
-    sample = sample_batch(recipe.data, 2).to(device)
+    sample = Batch.of(sample_batch(recipe.data, 2)).to(device).inputs  # a tensor, or a dict of token tensors
     with preflight(recipe, loaders.num_classes, sample, device, len(loaders.train.dataset)) as checked:
         if args.dry_run:
+            unit = (f" blocks of {recipe.data.block_size} tokens, a vocabulary of {loaders.num_classes}"
+                    if is_text(recipe.data) else f", {loaders.num_classes} classes")
             print(f"recipe {recipe_path} on {device}; data {recipe.data.name}: {len(loaders.train.dataset)} train / "
-                  f"{len(loaders.val.dataset)} val / {len(loaders.test.dataset)} test, {loaders.num_classes} classes")
+                  f"{len(loaders.val.dataset)} val / {len(loaders.test.dataset)} test{unit}")
             teacher_note = "trained on the task first, then cached" if recipe.teacher.pretrain else "as given"
             print(f"batch: train.batch_size={train.batch_size} is the global batch, "
                   f"{train.batch_size // world.size} per process on {world.size} process(es)")
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         return train_and_report(args, recipe, loaders, sample, device, run_dir, stop, saved)
 
 
-def train_and_report(args: argparse.Namespace, recipe: Recipe, loaders, sample: torch.Tensor, device: torch.device,
+def train_and_report(args: argparse.Namespace, recipe: Recipe, loaders, sample, device: torch.device,
                      run_dir: Path, stop: StopRequest, saved: dict | None) -> int:
     """The teacher stage, distillation (resumed from ``saved``, the run's checkpoint, if any), the test and the
     summary."""

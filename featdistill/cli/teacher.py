@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Recipe, Train
-from ..data import Batch, make_loaders
+from ..data import IGNORE_INDEX, Batch, make_loaders
 from ..errors import FeatdistillError
 from ..models import build_model, load_weights
-from ..train import NonFiniteLoss, StopRequest, Trainer, atomic_save, distributed, speedups
+from ..train import NonFiniteLoss, StopRequest, Trainer, atomic_save, distributed, logits_of, speedups
 from .teacher_key import cache_dir, cache_path, key
 
 __all__ = ["cache_dir", "cache_path", "prepare_teacher", "teacher_for_rank"]
@@ -128,8 +128,10 @@ def prepare_teacher(recipe: Recipe, loaders, device: torch.device, quiet: bool =
     smoothing = spec.pretrain.label_smoothing
 
     def loss_fn(batch: Batch) -> dict:
-        logits = batch.run(teacher)
-        loss = F.cross_entropy(logits, batch.labels, label_smoothing=smoothing)
+        logits = logits_of(batch.run(teacher))  # [B, K], or [B, T, V] for a language model (HF: its .logits)
+        # per token for an LM: labels [B, T] are already the next tokens; padding (IGNORE_INDEX) is left out
+        loss = F.cross_entropy(logits.flatten(0, -2), batch.labels.flatten(), ignore_index=IGNORE_INDEX,
+                               label_smoothing=smoothing)
         return {"loss": loss, "task": loss}
 
     own = make_loaders(recipe.data, spec.pretrain.batch_size, seed=spec.pretrain.seed)

@@ -1,10 +1,14 @@
 """Loaders over a prepared dataset: train (shuffled with ``DistributedSampler``, augmented, sharded by rank), val
 and test (fixed order, plain, every rank sees all).
 
-Every loader yields ``(x, y)`` or, with ``with_index=True``, ``(x, y, index)``: ``x`` float32 ``[B, C, S, S]``
-(``C = in_chans``, ``S = image_size``), ``y`` int64 ``[B]``, ``index`` int64 ``[B]`` (the samples' positions in
-their split, for losses with memory banks). Train order and augmentation are pure functions of
-``(seed, epoch, index)``.
+Images: every loader yields ``(x, y)`` or, with ``with_index=True``, ``(x, y, index)``: ``x`` float32
+``[B, C, S, S]`` (``C = in_chans``, ``S = image_size``), ``y`` int64 ``[B]``, ``index`` int64 ``[B]`` (the
+samples' positions in their split, for losses with memory banks). Train order and augmentation are pure functions
+of ``(seed, epoch, index)``.
+
+Text (``data.name`` in ``TEXT_DATASETS``): dicts ``{'input_ids', 'attention_mask', 'labels': [B, T]}`` (plus
+``index [B]``) of :class:`~featdistill.data.text.TextBlocks`, sharded and ordered the same way; the train blocks'
+offsets follow the epoch. ``num_classes`` is the vocabulary; ``in_chans`` and ``image_size`` are 0 (no image).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ..config import TEXT_DATASETS, Data
 from ..errors import FeatdistillError
 from .augment import Augment, mix_seed
+from .text import make_text_datasets
 from .vision import prepare
 
 
@@ -45,9 +50,6 @@ class _Split(Dataset):
 
 def _check(data: Data, extra: list[str] | None = None) -> None:
     problems = data.problems() + (extra or [])
-    if data.name in TEXT_DATASETS:  # until the runner trains language models
-        problems.append(f"data.name {data.name!r} is text: these image loaders cannot serve it; build its splits "
-                        "with featdistill.data.make_text_datasets")
     if problems:
         raise FeatdistillError("invalid data settings:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -107,6 +109,8 @@ def make_loaders(data: Data, batch_size: int, seed: int = 0, rank: int = 0, worl
     if not (isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
         extra.append(f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
     _check(data, extra)
+    if is_text(data):
+        return _text_loaders(data, batch_size, seed, rank, world_size, num_workers, with_index, pin_memory)
     prep = prepare(data)
     train = _Split(prep.train, prep.augment if data.augment else None, seed, prep.norm, with_index)
     sampler = ResumableSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
@@ -120,8 +124,35 @@ def make_loaders(data: Data, batch_size: int, seed: int = 0, rank: int = 0, worl
                    num_classes=prep.num_classes, in_chans=data.in_chans, image_size=data.image_size)
 
 
-def sample_batch(data: Data, batch_size: int = 2) -> torch.Tensor:
-    """Zeros, float32 ``[B, C, S, S]``, for dry runs (shapes, hooks, adapters). Validates ``data`` but reads no files
-    and imports no sklearn (that import alone takes ~1 s), so it is instant for every dataset, digits included."""
+def _text_loaders(data: Data, batch_size: int, seed: int, rank: int, world_size: int, num_workers: int,
+                  with_index: bool, pin_memory: bool) -> Loaders:
+    """:func:`make_loaders` for text: the same sampler and loader settings over :class:`TextBlocks` splits."""
+    splits = make_text_datasets(data, seed, with_index)
+    sampler = ResumableSampler(splits.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    kw = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+              persistent_workers=num_workers > 0, collate_fn=splits.train.collate)
+    return Loaders(train=DataLoader(splits.train, sampler=sampler, **kw),
+                   val=DataLoader(splits.val, shuffle=False, **kw), test=DataLoader(splits.test, shuffle=False, **kw),
+                   num_classes=splits.vocab_size, in_chans=0, image_size=0)
+
+
+def is_text(data: Data) -> bool:
+    """Whether ``data`` is text for causal LMs (batches are dicts of tokens) rather than images."""
+    return data.name in TEXT_DATASETS
+
+
+def in_chans_of(data: Data) -> int:
+    """The ``in_chans`` models are built with: ``data.in_chans`` for images, 0 for text (no channels)."""
+    return 0 if is_text(data) else data.in_chans
+
+
+def sample_batch(data: Data, batch_size: int = 2) -> torch.Tensor | dict[str, torch.Tensor]:
+    """For dry runs (shapes, hooks, adapters): zeros float32 ``[B, C, S, S]`` for images; for text a dict of int64
+    ``input_ids`` (zeros) and ``attention_mask`` (ones), each ``[B, block_size]``. Validates ``data`` but reads no
+    files and imports no sklearn (that import alone takes ~1 s), so it is instant for every dataset."""
     _check(data)
+    if is_text(data):
+        shape = (batch_size, data.block_size)
+        return {"input_ids": torch.zeros(shape, dtype=torch.int64),
+                "attention_mask": torch.ones(shape, dtype=torch.int64)}
     return torch.zeros(batch_size, data.in_chans, data.image_size, data.image_size)

@@ -210,10 +210,11 @@ class TextBlocks(Dataset):
         return self._len
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        epoch, i = getattr(i, "epoch", self.epoch), int(i)  # an EpochIndex brings its epoch to persistent workers
         if not 0 <= i < self._len:
             raise IndexError(i)
         t = self.block_size
-        start = i * t + (mix_seed(self.seed, self.epoch, 0) % t if self.shift else 0)
+        start = i * t + (mix_seed(self.seed, epoch, 0) % t if self.shift else 0)
         chunk = self.tokens[start:start + t + 1]
         item = pad_block(chunk[:-1], chunk[1:], t, self.pad_id)
         if self.with_index:

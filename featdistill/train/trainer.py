@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from . import speedups
 from .checkpoint import CHECKPOINT, METRICS, atomic_save, read_checkpoint, rng_state, set_rng_state, trim_metrics
 from .distributed import World, average, sum_counts, wait_for_main
 from .interrupt import Interrupted, StopRequest
+from .lm_eval import evaluate_lm, is_text_loader, logits_of
 
 
 def autocast(device: torch.device, amp: str):
@@ -67,8 +68,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", 
         batch = Batch.of(raw).to(device)
         with autocast(device, amp):
             logits = batch.run(model)
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
+        if isinstance(logits, (tuple, list, Mapping)):  # a Hugging Face ModelOutput is a Mapping
+            logits = logits_of(logits)
         y = batch.labels
         counted = y != IGNORE_INDEX
         correct += ((logits.argmax(-1) == y) & counted).sum().item()
@@ -204,15 +205,20 @@ class Trainer:
             elapsed = before + time.perf_counter() - start
             rank_rate = seen / max(elapsed, 1e-9)
             total_rate, = sum_counts([rank_rate], self.device, self.world)  # every rank's images, as measured
-            val = evaluate(self.eval_model, loaders.val, self.device, train.amp, self.world)
-            summary = {"kind": "epoch", "epoch": epoch, "val_accuracy": val, "epoch_seconds": elapsed,
+            lm = evaluate_lm(self.eval_model, loaders.val, self.device, train.amp, self.world) \
+                if is_text_loader(loaders.val) else None  # text: held-out loss and bits per byte, token accuracy
+            val = lm["accuracy"] if lm else evaluate(self.eval_model, loaders.val, self.device, train.amp, self.world)
+            lm_keys = {f"val_{k}": lm[k] for k in ("loss", "perplexity", "bits_per_byte")} if lm else {}
+            summary = {"kind": "epoch", "epoch": epoch, "val_accuracy": val, **lm_keys, "epoch_seconds": elapsed,
                        "images_per_s": total_rate, "images_per_s_rank": rank_rate,
                        **{k: v / max(seen, 1) for k, v in sums.items()}}
             self.history.append(summary)
             self._log(records + [summary])
             if not self.quiet:
                 shown = " ".join(f"{k.replace('feat/', '')}={summary[k]:.3f}" for k in sums)
-                print(f"{self.desc} epoch {epoch + 1}/{train.epochs}: val {val:.2%}  {shown}  "
+                held = f"val {val:.2%}" if lm is None else \
+                    f"val {lm['loss']:.3f} nats/token, {lm['bits_per_byte']:.3f} bits/byte"
+                print(f"{self.desc} epoch {epoch + 1}/{train.epochs}: {held}  {shown}  "
                       f"({elapsed:.1f} s, {summary['images_per_s']:.0f} img/s)", flush=True)
             if self.run_dir:
                 atomic_save(self.state((epoch + 1, 0)), self.run_dir / CHECKPOINT)
