@@ -30,6 +30,15 @@ from a plain `featdistill.run` with more threads; tables are comparable when mad
 (recorded in the JSON). Each teacher is trained (or loaded) once in the main process before the workers
 start, so they never race for the cache. Each finished run is kept in `<out>/<tag>.runs.jsonl`: the same command
 run again (after a crash, a Ctrl-C or the end of a session) trains only the runs that are missing.
+
+Language-model recipes (text data, e.g. recipes/lm_to_small_lm.py) run their own modes (student alone, forward KL,
+forward KL + hidden states, reverse KL, JSD, the teacher's generated text alone and with forward KL: see
+benchmarks/lm_modes.py), are judged by test bits per byte (lower is better; the paired difference is taken as
+baseline - mode, so **wins** still means better) against forward KL, and train on text the teacher generates once,
+before the workers start:
+
+    python benchmarks/compare_kd.py recipes/lm_to_small_lm.py --seeds 5
+    python benchmarks/compare_kd.py recipes/lm_to_small_lm.py --seeds 5 --modes alone forward_kl synthetic
 """
 
 from __future__ import annotations
@@ -39,7 +48,6 @@ import contextlib
 import hashlib
 import io
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -53,8 +61,10 @@ from pathlib import Path
 
 import torch
 from journal import RunJournal
+from kd_tables import LABELS, markdown, write  # noqa: F401 (LABELS: convergence.py imports it from here)
+from lm_modes import ACCURACY, LM_MODES, SAMPLES, ensure_synthetic, is_text_recipe, lm_modes, metric_of
 from methods import METHODS, method_modes
-from paired import paired, seed_range
+from paired import seed_range
 
 from featdistill.cli.run import main as run_main
 from featdistill.cli.run import pick_device
@@ -65,8 +75,6 @@ from featdistill.recipe import apply_overrides, check, load_recipe
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "out"
 MODES = {"alone": ["kd=None", "pairs=[]"], "logit": ["pairs=[]"], "feature": ["kd=None"], "both": []}
-LABELS = {"alone": "student alone", "logit": "logit KD", "feature": "feature KD (no logit KD)",
-          "both": "logit + feature KD (recipe)"}
 
 
 def train_once(recipe: Path, overrides: list[str], seed: int, workdir: Path) -> dict:
@@ -120,15 +128,17 @@ def run_all(recipes: list[Path], modes: dict[str, list[str]], seeds: list[int], 
     args = [(recipe, extra + modes[mode], seed, workdir) for recipe, mode, seed in tasks]
     summaries: dict[tuple, dict] = {}
     remaining = {recipe: len(seeds) * len(modes) for recipe in recipes}
-    tables = {}
+    tables, metrics = {}, {recipe: metric_of(recipe) for recipe in recipes}
 
     def record(key: tuple, summary: dict) -> None:
         recipe, mode, seed = key
         summaries[key] = summary
-        print(f"  {recipe.stem} seed {seed} {mode:>10s}: {summary['student_accuracy']:.2%}", flush=True)
+        metric = metrics[recipe]
+        print(f"  {recipe.stem} seed {seed} {mode:>10s}: {metric.show(summary['student_' + metric.name])}"
+              f"{metric.unit}", flush=True)
         remaining[recipe] -= 1
         if remaining[recipe] == 0:
-            tables[recipe.stem] = tabulate({m: [summaries[(recipe, m, s)] for s in seeds] for m in modes})
+            tables[recipe.stem] = tabulate({m: [summaries[(recipe, m, s)] for s in seeds] for m in modes}, metric)
             tables[recipe.stem]["teacher_sha256"] = hashes[recipe.stem]
             on_recipe_done(recipe.stem, tables[recipe.stem])
 
@@ -159,81 +169,35 @@ def run_all(recipes: list[Path], modes: dict[str, list[str]], seeds: list[int], 
     return tables
 
 
-def tabulate(runs: dict[str, list[dict]]) -> dict:
-    """Per mode: accuracy mean +- std over seeds; paired difference to `logit` with its 95% interval, Wilcoxon p and
-    verdict; seconds/epoch ratio to `logit`."""
-    results = {m: {"accuracy": [r["student_accuracy"] for r in rs], "epoch_seconds": [r["epoch_seconds"] for r in rs]}
+def tabulate(runs: dict[str, list[dict]], metric=ACCURACY) -> dict:
+    """Per mode: the metric's mean +- std over seeds (test accuracy; bits per byte for text); paired difference to
+    the baseline (`logit`; `forward_kl` for text), positive = better, with its 95% interval, Wilcoxon p and verdict;
+    seconds/epoch ratio to the baseline."""
+    key = metric.name
+    results = {m: {key: [r[f"student_{key}"] for r in rs], "epoch_seconds": [r["epoch_seconds"] for r in rs]}
                for m, rs in runs.items()}
-    base = "logit" if "logit" in results else None
+    base = metric.baseline if metric.baseline in results else None
     table = {}
     for mode, r in results.items():
-        mean, std = stats(r["accuracy"])
-        row = {"accuracy_mean": mean, "accuracy_std": std, "accuracy": r["accuracy"],
+        mean, std = stats(r[key])
+        row = {f"{key}_mean": mean, f"{key}_std": std, key: r[key],
                "epoch_seconds_median": statistics.median(r["epoch_seconds"])}
         if base and mode != base:
-            diff = paired(r["accuracy"], results[base]["accuracy"])
+            diff = metric.gain(r[key], results[base][key])
             row.update(paired_diff_mean=diff.mean, paired_diff_std=diff.std, paired_diff_low=diff.low,
                        paired_diff_high=diff.high, wilcoxon_p=diff.p, verdict=diff.verdict)
         if base:
             row["time_ratio"] = row["epoch_seconds_median"] / statistics.median(results[base]["epoch_seconds"])
         table[mode] = row
-    teacher_acc = next(iter(runs.values()))[0]["teacher_accuracy"]
-    return {"teacher_accuracy": teacher_acc, "modes": table}
+    teacher = next(iter(runs.values()))[0][f"teacher_{key}"]
+    return {"metric": key, "baseline": metric.baseline, f"teacher_{key}": teacher, "modes": table}
 
 
 def best_lever(table: dict) -> str | None:
-    """The feature mode (anything but `alone` and `logit`) with the largest mean paired gain over `logit`."""
+    """The mode (anything but `alone` and the baseline) with the largest mean paired gain over the baseline."""
     levers = {m: row["paired_diff_mean"] for m, row in table["modes"].items() if "paired_diff_mean" in row
-              and m != "alone"}
+              and m not in ("alone", table.get("baseline", "logit"))}
     return max(levers, key=levers.get) if levers else None
-
-
-def markdown(all_results: dict, meta: dict) -> str:
-    how = f"{meta['jobs']} jobs x {meta['threads_per_job']} threads" if "jobs" in meta else "1 job"
-    wall = f", {meta['wall_minutes']} min" if "wall_minutes" in meta else ""
-    lines = [f"seeds {meta['seeds']}, {meta['date']}, {meta['machine']}, {how}{wall}, torch {meta['torch']}",
-             f"command: `{meta['command']}`", "",
-             "| recipe | mode | test accuracy (mean +- std) | paired diff to logit KD [95% CI] | verdict | "
-             "time/epoch vs logit KD |",
-             "|---|---|---:|---:|---|---:|"]
-    for recipe, res in all_results.items():
-        for mode, row in res["modes"].items():
-            diff = (f"{100 * row['paired_diff_mean']:+.2f} [{100 * row['paired_diff_low']:+.2f}, "
-                    f"{100 * row['paired_diff_high']:+.2f}]" if "paired_diff_mean" in row else "-")
-            p = f" (p={row['wilcoxon_p']:.3f})" if row.get("wilcoxon_p") is not None else ""
-            ratio = f"{row['time_ratio']:.2f}x" if "time_ratio" in row else "-"
-            lines.append(f"| {recipe} | {mode} | {100 * row['accuracy_mean']:.2f} +- {100 * row['accuracy_std']:.2f} "
-                         f"| {diff} | {row.get('verdict', 'baseline') + p if 'verdict' in row else '-'} | {ratio} |")
-        hashes = ", ".join(h[:12] for h in res.get("teacher_sha256", [])) or "?"
-        lines.append(f"| {recipe} | teacher | {100 * res['teacher_accuracy']:.2f} | sha256 {hashes} | | |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(all_results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recipes = list(all_results)
-    modes = list(dict.fromkeys(m for r in recipes for m in all_results[r]["modes"]))  # a confirmation may differ
-    fig, ax = plt.subplots(figsize=(2.5 + 2.2 * len(recipes), 4))
-    width = 0.8 / len(modes)
-    for i, mode in enumerate(modes):
-        rows = [all_results[r]["modes"].get(mode, {"accuracy_mean": math.nan, "accuracy_std": 0.0}) for r in recipes]
-        means, stds = [100 * row["accuracy_mean"] for row in rows], [100 * row["accuracy_std"] for row in rows]
-        ax.bar([j + i * width for j in range(len(recipes))], means, width, yerr=stds, capsize=3,
-               label=LABELS.get(mode, mode))
-    lows = [100 * min(row["accuracy_mean"] - row["accuracy_std"] for row in all_results[r]["modes"].values())
-            for r in recipes]
-    ax.set_ylim(max(0, min(lows) - 5), 100)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(recipes))], recipes)
-    ax.set_ylabel("student test accuracy (%)")
-    ax.set_title("student alone vs logit KD vs feature KD (mean +- std over seeds)")
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,12 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--select-seeds", type=seed_range, metavar="A-B",
                    help="choose the best feature mode on these seeds ...")
     p.add_argument("--confirm-seeds", type=seed_range, metavar="C-D", help="... and report it on these")
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--modes", nargs="+", choices=list(dict.fromkeys([*MODES, *LM_MODES])),
+                   help=f"default: every mode of the recipe's kind (images: {', '.join(MODES)}; language models: "
+                        f"{', '.join(LM_MODES)}); each recipe runs those of its kind")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[;OVERRIDE]",
                    help="an extra mode: the recipe with these --set overrides, e.g. at=pairs.1.loss='at'")
     p.add_argument("--methods", nargs="+", metavar="METHOD",
                    help=f"RepDistiller-style table: add these methods as modes ({', '.join(METHODS)}, or 'all'); see "
                         "benchmarks/methods.py for where each is placed")
+    p.add_argument("--synthetic-samples", type=int, default=SAMPLES,
+                   help="LM recipes: how many continuations the teacher writes for the synthetic modes")
     p.add_argument("--set", dest="extra", action="append", default=[], help="override applied to every mode")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--tag", default="compare_kd")
@@ -269,32 +237,55 @@ def main(argv: list[str] | None = None) -> int:
         p.error("selection and confirmation seeds must not overlap: a lever chosen on a seed says nothing there")
     if args.merge:
         return merge(args.merge, args.out / args.tag)
-    recipes = args.recipes or sorted((ROOT / "recipes").glob("*.py"))
-    modes = {m: MODES[m] for m in args.modes}
-    for variant in args.variant:
-        name, _, overrides = variant.partition("=")
-        modes[name] = [o for o in overrides.split(";") if o]
-    if "logit" not in modes:
-        modes = {"logit": MODES["logit"], **modes}  # every verdict is against logit KD
+    recipes = args.recipes or shipped_recipes()
     methods = list(METHODS) if args.methods == ["all"] else args.methods
-    per_recipe = {r.stem: {**modes, **(method_modes(r, methods) if methods else {})} for r in recipes}
+    per_recipe = {r.stem: modes_for(r, args, methods) for r in recipes}
     command = "python benchmarks/compare_kd.py " + shell_join(sys.argv[1:] if argv is None else argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    synthetic = {r.stem: ensure_synthetic(r, per_recipe[r.stem], args.extra, args.synthetic_samples)
+                 for r in recipes if is_text_recipe(r)}  # the teacher's text, before any worker needs it
+    synthetic = {"synthetic_sha256": synthetic} if any(synthetic.values()) else {}
     if args.select_seeds is None:
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-        print(markdown(*measure(recipes, per_recipe, seeds, args, command, args.tag)))
+        print(markdown(*measure(recipes, per_recipe, seeds, args, command, args.tag, synthetic)))
         return 0
     selected, meta = measure(recipes, per_recipe, args.select_seeds, args, command,
-                             f"{args.tag}_select")
+                             f"{args.tag}_select", synthetic)
     print("selection:\n" + markdown(selected, meta))
     chosen = {r.stem: best_lever(selected[r.stem]) for r in recipes}
-    confirm = {r.stem: {m: o for m, o in per_recipe[r.stem].items() if m in ("alone", "logit", chosen[r.stem])}
-               for r in recipes}
+    confirm = {r.stem: {m: o for m, o in per_recipe[r.stem].items()
+                        if m in ("alone", metric_of(r).baseline, chosen[r.stem])} for r in recipes}
     confirmed, meta = measure(recipes, confirm, args.confirm_seeds, args, command, f"{args.tag}_confirm",
-                              {"selected_on": args.select_seeds, "chosen": chosen})
+                              {"selected_on": args.select_seeds, "chosen": chosen, **synthetic})
     print(f"chosen on seeds {args.select_seeds[0]}-{args.select_seeds[-1]}: {chosen}\nconfirmation (the claim):\n"
           + markdown(confirmed, meta))
     return 0
+
+
+def shipped_recipes() -> list[Path]:
+    """Every recipe in recipes/ but those that already train on generated text (lm_synthetic.py): they are the
+    synthetic modes of the recipe they derive from."""
+    found = sorted((ROOT / "recipes").glob("*.py"))
+    return [r for r in found if load_recipe(r).data.train_root is None]
+
+
+def modes_for(recipe: Path, args, methods: list[str] | None) -> dict[str, list[str]]:
+    """``{mode: overrides}`` for one recipe: the asked modes of its kind (all by default), the variants, the
+    baseline every verdict is taken against (first), and the methods' modes for image recipes."""
+    text = is_text_recipe(recipe)
+    kind = LM_MODES if text else MODES
+    names = [m for m in args.modes if m in kind] if args.modes else list(kind)
+    modes = lm_modes(recipe, names, args.extra, args.out, args.synthetic_samples) if text else \
+        {m: MODES[m] for m in names}
+    for variant in args.variant:
+        name, _, overrides = variant.partition("=")
+        modes[name] = [o for o in overrides.split(";") if o]
+    base = metric_of(recipe).baseline
+    if base not in modes:
+        modes = {base: kind[base], **modes}  # every verdict is against the baseline
+    if methods and text:
+        raise SystemExit(f"--methods are image methods (RepDistiller's table); {recipe} is a language model")
+    return {**modes, **(method_modes(recipe, methods) if methods else {})}
 
 
 def measure(recipes: list[Path], modes: dict[str, dict[str, list[str]]], seeds: list[int], args, command: str,
@@ -334,12 +325,6 @@ def merge(paths: list[Path], stem: Path) -> int:
     write(results, meta, stem)
     print(markdown(results, meta))
     return 0
-
-
-def write(all_results: dict, meta: dict, stem: Path) -> None:
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": all_results}, indent=2))
-    stem.with_suffix(".md").write_text(markdown(all_results, meta))
-    plot(all_results, stem.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ part of :mod:`featdistill.config` (re-exported there), kept apart so each file r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .checks import number as _number
 from .errors import did_you_mean
@@ -31,6 +31,15 @@ class Data:
     # loader processes (persistent; 0 loads in the training process); never part of a cache key: batches are equal
     num_workers: int = field(default=0, metadata={"omit_default": True, "speed_only": True})
     tokenizer: str | None = field(default=None, metadata={"omit_default": True})  # text: None = bytes, or HF dir
+    # text: a file or folder whose documents replace the training split only (e.g. text a teacher generated:
+    # python -m featdistill.generate); val/test stay those of name/root, and the teacher always trains on the real
+    # split (Data.for_teacher), so held-out numbers and the teacher cache are those of the plain recipe
+    train_root: str | None = field(default=None, metadata={"omit_default": True})
+
+    def for_teacher(self) -> Data:
+        """These settings without ``train_root``: what the teacher is trained (and cached) on, and where
+        ``featdistill.generate`` draws its prompts."""
+        return replace(self, train_root=None) if self.train_root is not None else self
 
     def problems(self) -> list[str]:
         """Every problem with these settings, each with its fix; empty when valid. Never raises, reads no files."""
@@ -61,4 +70,8 @@ class Data:
             found.append(f"data.tokenizer must be None (bytes) or an HF tokenizer's folder, got {self.tokenizer!r}")
         elif self.tokenizer is not None and self.name not in TEXT_DATASETS:
             found.append(f"data.tokenizer is for text data, not {self.name!r}: remove it or set data.name='pydoc'")
+        if self.train_root is not None and (not isinstance(self.train_root, str) or not self.train_root.strip()):
+            found.append(f"data.train_root must be None or the path of {TEXT_LAYOUT}, got {self.train_root!r}")
+        elif self.train_root is not None and self.name not in TEXT_DATASETS:
+            found.append(f"data.train_root is for text data, not {self.name!r}: remove it or set data.name='pydoc'")
         return found

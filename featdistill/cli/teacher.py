@@ -90,6 +90,7 @@ def prepare_teacher(recipe: Recipe, loaders, device: torch.device, quiet: bool =
     A damaged cache entry is moved aside and the teacher trained again; when the cache cannot be written, the
     trained teacher is saved to ``fallback_dir / 'teacher.pt'`` (when given) and returned all the same. A signal
     caught by ``stop`` ends the stage after the step in flight (:class:`~featdistill.train.Interrupted`)."""
+    recipe = replace(recipe, data=recipe.data.for_teacher())  # real text only: never data.train_root
     spec = recipe.teacher
     if spec.pretrain is None:
         teacher = _build(recipe, loaders, device)

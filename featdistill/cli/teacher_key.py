@@ -145,7 +145,8 @@ def factory_code(factory: Any) -> str:
 
 def key(recipe: Recipe) -> tuple[Path | None, str | None]:
     """The cache file and None, or None and why the teacher cannot be cached."""
-    data = {k: v for k, v in to_dict(recipe.data).items() if k not in SPEED_ONLY}  # the same batches either way
+    # the same batches either way; the teacher never trains on data.train_root (Data.for_teacher)
+    data = {k: v for k, v in to_dict(recipe.data.for_teacher()).items() if k not in SPEED_ONLY}
     key = {"teacher": to_dict(recipe.teacher), "data": data}
     if callable(recipe.teacher.name):  # names keep the keys they always had; a factory adds its code
         try:

@@ -14,7 +14,8 @@ documents, and its vocabulary is ``len(tokenizer)``.
 Splits. By document, never by position: documents are shuffled by a fixed generator (the split never depends on
 a run's seed); test, then val, takes documents in that order while they bring it nearer ``test_size`` /
 ``val_size`` of the bytes (:func:`split_documents`); train keeps the rest. A split's documents form one stream
-``[sep] doc [sep] doc [sep] ...``.
+``[sep] doc [sep] doc [sep] ...``. ``data.train_root`` replaces the train split by every document of another text
+(e.g. one the teacher generated, ``featdistill.generate``); val and test stay the same.
 
 Blocks and labels. An item is ``{'input_ids': [T], 'attention_mask': [T], 'labels': [T]}``, int64, cut from
 ``T + 1`` stream tokens: ``input_ids = s[:T]``, ``labels = s[1:]``. Labels are already shifted: ``labels[t]`` is
@@ -103,6 +104,16 @@ def read_documents(root: str | Path) -> list[str]:
         raise FeatdistillError(f"data.root {str(root)!r} {what}; give {TEXT_LAYOUT}")
     docs = [d for f in files for d in (_jsonl(f) if f.suffix == ".jsonl" else [_decode(f)])]
     return [d for d in docs if d]
+
+
+def _train_documents(root: str) -> list[str]:
+    """The documents of ``data.train_root``; a missing path is most often text still to be generated."""
+    if not Path(root).expanduser().exists():
+        raise FeatdistillError(
+            f"data.train_root {root!r} does not exist. If it is text a teacher generates, make it first with: "
+            f"python -m featdistill.generate RECIPE --samples 2000 --out {root} (RECIPE: this recipe file); or "
+            "set data.train_root to an existing .jsonl / .txt file or folder, or to None to train on the real text")
+    return read_documents(root)
 
 
 # -- tokens --------------------------------------------------------------------------------------------------------
@@ -261,8 +272,13 @@ def make_text_datasets(data: Data, seed: int = 0, with_index: bool = False) -> T
     docs = pydoc_documents() if data.name == "pydoc" else read_documents(data.root)
     tokens = load_tokens(data.tokenizer)
     sizes = [len(d.encode("utf-8")) for d in docs]
+    parts = list(split_documents(sizes, data.val_size, data.test_size))
+    if data.train_root is not None:  # another text replaces the training split; val/test stay as they are
+        extra = _train_documents(data.train_root)
+        parts[0] = list(range(len(docs), len(docs) + len(extra)))
+        docs, sizes = docs + extra, sizes + [len(d.encode("utf-8")) for d in extra]
     splits = []
-    for k, idx in enumerate(split_documents(sizes, data.val_size, data.test_size)):
+    for k, idx in enumerate(parts):
         ids = stream(tokens.encode([docs[i] for i in idx]), tokens.sep)
         splits.append(TextBlocks(ids, data.block_size, sum(sizes[i] for i in idx), tokens.pad, shift=k == 0,
                                  seed=seed, with_index=with_index))

@@ -23,9 +23,14 @@ def cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_passes_dry_run(path, capsys):
-    assert main([str(path), "--dry-run"]) == 0
+    # a recipe that trains on text its teacher writes (lm_synthetic.py) is checked on the real text: the generated
+    # file does not exist on a fresh machine (tests/cli/test_generate.py checks the message that says how to make it)
+    recipe = load_recipe(path)
+    generated = recipe.data.train_root is not None
+    assert main([str(path), "--dry-run", *(["--set", "data.train_root=None"] if generated else [])]) == 0
     out = capsys.readouterr().out
-    assert "adapters:" in out and "loss = " in out and " -> " in out and "params" in out
+    assert "adapters:" in out and "loss = " in out and "params" in out
+    assert (" -> " in out) == bool(recipe.pairs)  # each pair's line: student layer -> teacher layer
 
 
 def test_list_layers_prints_names_and_shapes(capsys):
