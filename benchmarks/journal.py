@@ -12,7 +12,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 from pathlib import Path
+
+
+def machine() -> str:
+    """The CPU model (recorded beside each run, not in its key: a table may be finished on another machine of the
+    same thread count, and its runs say which ran where)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class RunJournal:
@@ -40,6 +53,6 @@ class RunJournal:
         self.done[key] = summary
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
-            f.write(json.dumps({"key": key, "summary": summary}) + "\n")
+            f.write(json.dumps({"key": key, "summary": summary, "machine": machine()}) + "\n")
             f.flush()
             os.fsync(f.fileno())

@@ -22,7 +22,7 @@ from featdistill.train import Trainer
 ROOT = Path(__file__).resolve().parents[2]
 RESNET = str(ROOT / "recipes" / "resnet_to_resnet.py")
 SETTINGS = ["--set", "teacher.pretrain.epochs=1", "--set", "train.epochs=2", "--quiet"]
-TIMING = ("epoch_seconds", "images_per_s")
+TIMING = ("epoch_seconds", "images_per_s", "images_per_s_rank")
 
 
 @pytest.fixture(autouse=True)
