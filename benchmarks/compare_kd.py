@@ -55,6 +55,7 @@ import shlex
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -75,6 +76,19 @@ from featdistill.recipe import apply_overrides, check, load_recipe
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "out"
 MODES = {"alone": ["kd=None", "pairs=[]"], "logit": ["pairs=[]"], "feature": ["kd=None"], "both": []}
+
+
+def start_worker(threads: int, parent: int) -> None:
+    """A worker's setup: its thread count, and a watch that ends it when the main process is gone (killed by a
+    signal, a worker would otherwise train on alone, unseen, competing with whatever runs next)."""
+    torch.set_num_threads(threads)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def train_once(recipe: Path, overrides: list[str], seed: int, workdir: Path) -> dict:
@@ -161,8 +175,8 @@ def run_all(recipes: list[Path], modes: dict[str, list[str]], seeds: list[int], 
         for key, a, k in zip(tasks, args, keys):
             finished(key, k, kept[k] if k in kept else train_once(*a))
         return tables
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
-                             initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
+                             initargs=(threads, os.getpid())) as pool:
         futures = [None if k in kept else pool.submit(train_once, *a) for a, k in zip(args, keys)]
         for key, k, future in zip(tasks, keys, futures):  # in submission order, so the log and tables stay in order
             finished(key, k, kept[k] if future is None else future.result())

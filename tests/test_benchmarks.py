@@ -227,3 +227,53 @@ def test_convergence_curves_one_row_per_schedule_length(tmp_path):
     saved = json.loads((out / "c.json").read_text())["results"]["resnet_to_resnet"]
     assert sorted(saved["modes"]["logit"]) == ["1", "2"] and 0 < saved["teacher_accuracy"] <= 1
     assert "| logit |" in (out / "c.md").read_text() and (out / "c.png").stat().st_size > 0
+
+
+def test_compare_kd_workers_end_when_the_main_process_is_killed(tmp_path):
+    """``kill`` reaches only the main process; its spawned workers must not train on alone."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    recipe = str(BENCH.parent / "recipes" / "vit_to_deit.py")
+    env = {**os.environ, "FEATDISTILL_CACHE": str(tmp_path / "cache")}
+    main = subprocess.Popen([sys.executable, str(BENCH / "compare_kd.py"), recipe, "--seeds", "2", "--modes", "logit",
+                             "--set", "train.epochs=50", "--set", "teacher.pretrain.epochs=1", "--jobs", "2",
+                             "--out", str(tmp_path / "out")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def children() -> set[int]:
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == main.pid:
+                found.add(int(stat.parent.name))
+        return found
+
+    try:
+        deadline = time.monotonic() + 120
+        while len(children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        workers = children()
+        assert len(workers) >= 2, "the worker processes never started"
+        os.kill(main.pid, signal.SIGKILL)
+        main.wait()
+
+        def running(pid: int) -> bool:  # a zombie has exited; only its entry is left
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 60
+        while any(map(running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        alive = [w for w in workers if running(w)]
+        assert not alive, f"workers {alive} outlived the main process"
+    finally:
+        if main.poll() is None:
+            os.killpg(main.pid, signal.SIGKILL)
