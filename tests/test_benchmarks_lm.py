@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from featdistill.data.text import pydoc_documents
+from tiny_lm import write_tiny_lm
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 RECIPES = BENCH.parent / "recipes"
@@ -21,21 +20,6 @@ import lm_modes  # noqa: E402
 
 pytest.importorskip("transformers")
 
-RECIPE = '''"""A tiny LM recipe for compare_kd tests."""
-from featdistill import LogitKD, Pair
-from featdistill.data import Data
-from featdistill.recipe import Model, Recipe, Train
-
-TINY = dict(n_embd=32, n_head=2, n_positions=16)
-recipe = Recipe(
-    teacher=Model("hf:gpt2", kwargs=dict(TINY, n_layer=2), pretrain=Train(epochs=1, batch_size=16, lr=3e-3)),
-    student=Model("hf:gpt2", kwargs=dict(TINY, n_layer=1)),
-    pairs=[Pair(student="transformer.h.0", teacher="transformer.h.1", loss="mse", adapter="linear")],
-    kd=LogitKD(loss="forward_kl", temperature=1.0, alpha=0.5),
-    data=Data(name="text", root=ROOT, block_size=16),
-    train=Train(epochs=1, batch_size=16, lr=3e-3),
-)
-'''
 
 
 @pytest.fixture(autouse=True)
@@ -89,12 +73,7 @@ def test_bits_per_byte_are_paired_as_baseline_minus_mode_and_tabled_apart_from_a
 
 
 def test_compare_kd_runs_an_lm_recipe_on_the_teachers_text(tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i, doc in enumerate(pydoc_documents()[:8]):
-        (corpus / f"doc{i}.txt").write_text(doc[:1000])
-    recipe = tmp_path / "tiny_lm.py"
-    recipe.write_text(RECIPE.replace("root=ROOT", f"root={str(corpus)!r}"))
+    recipe = write_tiny_lm(tmp_path)
     out = tmp_path / "out"
     assert compare_kd.main([str(recipe), "--seeds", "1", "--modes", "synthetic", "--synthetic-samples", "8",
                             "--jobs", "1", "--out", str(out), "--tag", "lm"]) == 0

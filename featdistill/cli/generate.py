@@ -24,7 +24,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,9 +33,10 @@ from .. import __version__
 from ..config import Recipe
 from ..data import is_text, make_loaders
 from ..data.text import BYTES, load_tokens
-from ..errors import FeatdistillError, RecipeError, explain
-from ..recipe import load_recipe, to_dict, try_overrides, validate
+from ..errors import FeatdistillError
+from ..recipe import to_dict
 from ..train import Interrupted, StopRequest
+from .common import exit_code, recipe_with_overrides
 from .run import pick_device
 from .sampling import continuations, draw_prompts, sample
 from .teacher import cache_path, prepare_teacher
@@ -67,10 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def resolve(args: argparse.Namespace) -> tuple[Recipe, Path]:
     """The recipe with its overrides, and the output path; every problem with them or the settings at once."""
-    recipe, problems = try_overrides(load_recipe(args.recipe), args.overrides)
-    problems += validate(recipe)
-    if problems:
-        raise RecipeError(problems, args.recipe)
+    recipe = recipe_with_overrides(args.recipe, args.overrides)
     if not is_text(recipe.data):
         raise FeatdistillError(f"{args.recipe} trains on data.name={recipe.data.name!r}, which is not text; generate "
                                "continues text with a language-model teacher. Give an LM recipe, e.g. "
@@ -213,11 +210,4 @@ def main(argv: list[str] | None = None) -> int:
               "the stop is kept). Run the same command again.", file=sys.stderr)
         return 128 + signum
     except Exception as exc:
-        known = explain(exc)
-        if known is not None:
-            print(f"error: {known}", file=sys.stderr)
-            return 2
-        traceback.print_exc()
-        print("internal error: this is a bug in featdistill; please report it with the traceback above",
-              file=sys.stderr)
-        return 1
+        return exit_code(exc)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,9 +24,9 @@ from .. import analysis as an
 from ..capture import auto_pairs, resolve_module
 from ..config import AutoPairs, Pair, Recipe
 from ..data import is_text, make_loaders
-from ..errors import FeatdistillError, RecipeError, UnknownNameError, explain
+from ..errors import FeatdistillError, UnknownNameError
 from ..models import build_model, load_weights
-from ..recipe import load_recipe, try_overrides, validate
+from .common import exit_code, recipe_with_overrides
 from .inspect_output import LayerReport, plot_cka, plot_dark_knowledge
 from .rundir import RUN_FILE, new_run_dir, resume_recipe
 from .teacher import prepare_teacher
@@ -72,11 +71,7 @@ def resolve(args: argparse.Namespace) -> tuple[Recipe, str]:
     if not args.recipe:
         raise FeatdistillError("give a recipe file, e.g. python -m featdistill.inspect recipes/vit_to_deit.py")
     path = Path(args.recipe)
-    recipe, problems = try_overrides(load_recipe(path), args.overrides)
-    problems += validate(recipe)
-    if problems:
-        raise RecipeError(problems, str(path))
-    return recipe, f"inspect-{path.stem}"
+    return recipe_with_overrides(path, args.overrides), f"inspect-{path.stem}"
 
 
 def _names(values: list[str]) -> list[str]:
@@ -195,11 +190,4 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        known = explain(exc)
-        if known is not None:
-            print(f"error: {known}", file=sys.stderr)
-            return 2
-        traceback.print_exc()
-        print("internal error: this is a bug in featdistill; please report it with the traceback above",
-              file=sys.stderr)
-        return 1
+        return exit_code(exc)

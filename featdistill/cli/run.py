@@ -18,9 +18,8 @@ import torch
 from ..config import Recipe
 from ..data import Batch, in_chans_of, is_text, make_loaders, sample_batch
 from ..distill import Distiller
-from ..errors import FeatdistillError, RecipeError, explain
+from ..errors import FeatdistillError, explain
 from ..models import build_model
-from ..recipe import load_recipe, try_overrides, validate
 from ..train import (
     CHECKPOINT,
     METRICS,
@@ -34,6 +33,7 @@ from ..train import (
 )
 from ..train import distributed as dist_run
 from .build import build_distiller
+from .common import recipe_with_overrides
 from .list_layers import list_layers_cmd
 from .list_losses import list_losses_cmd
 from .report import finish, summarize
@@ -81,11 +81,7 @@ def resolve(args: argparse.Namespace) -> tuple[Recipe, Path, list[str]]:
     if not args.recipe:
         raise FeatdistillError("give a recipe file, e.g. python -m featdistill.run recipes/vit_to_deit.py")
     path = Path(args.recipe)
-    recipe, problems = try_overrides(load_recipe(path), args.overrides)
-    problems += validate(recipe)
-    if problems:
-        raise RecipeError(problems, str(path))
-    return recipe, path, args.overrides
+    return recipe_with_overrides(path, args.overrides), path, args.overrides
 
 
 def describe_sample(recipe: Recipe, sample) -> tuple[str, str]:

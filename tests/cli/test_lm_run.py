@@ -10,32 +10,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_lm import write_tiny_lm
 from torch.utils.data import DataLoader
 
 from featdistill.config import Data
 from featdistill.data import TextBlocks, make_text_datasets
-from featdistill.data.text import EOD, pydoc_documents
+from featdistill.data.text import EOD
 from featdistill.hf_models import build
 from featdistill.run import main
 from featdistill.train import evaluate_lm
 
 pytest.importorskip("transformers")
 
-RECIPE = '''"""A tiny LM recipe for tests."""
-from featdistill import LogitKD, Pair
-from featdistill.data import Data
-from featdistill.recipe import Model, Recipe, Train
-
-TINY = dict(n_embd=32, n_head=2, n_positions=16)
-recipe = Recipe(
-    teacher=Model("hf:gpt2", kwargs=dict(TINY, n_layer=2), pretrain=Train(epochs=1, batch_size=16, lr=3e-3)),
-    student=Model("hf:gpt2", kwargs=dict(TINY, n_layer=1)),
-    pairs=[Pair(student="transformer.h.0", teacher="transformer.h.1", loss="mse", adapter="linear")],
-    kd=LogitKD(loss="forward_kl", temperature=1.0, alpha=0.5),
-    data=Data(name="text", root=ROOT, block_size=16),
-    train=Train(epochs=1, batch_size=16, lr=3e-3),
-)
-'''
 
 
 @pytest.fixture(autouse=True)
@@ -46,13 +32,7 @@ def cache(tmp_path, monkeypatch):
 @pytest.fixture
 def recipe(tmp_path) -> str:
     """A recipe file over eight short documents of real prose (about 8 KB): a run takes seconds."""
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i, doc in enumerate(pydoc_documents()[:8]):
-        (corpus / f"doc{i}.txt").write_text(doc[:1000])
-    path = tmp_path / "tiny_lm.py"
-    path.write_text(RECIPE.replace("root=ROOT", f"root={str(corpus)!r}"))
-    return str(path)
+    return str(write_tiny_lm(tmp_path))
 
 
 def test_lm_run_end_to_end_reports_bits_per_byte_and_reuses_the_teacher(recipe, tmp_path, capsys):
