@@ -7,6 +7,7 @@ they are imported on first use, so importing this module (and ``featdistill.conf
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Any
 
@@ -96,4 +97,20 @@ def layer_problems(where: str, pair: Any) -> list[str]:
         if pair.normalize is not None:
             found.append(f"{where}: normalize={pair.normalize!r} is not supported on a multi-layer term (its loss "
                          "sees every level's raw features); drop normalize=")
+    return found
+
+
+def log_problems(where: str, log: Any, loggers: tuple[str, ...]) -> list[str]:
+    """``Train.log``: a tuple of names in ``loggers``, each one's package installed; only the student's run
+    (``where == 'train'``) writes logs."""
+    if not isinstance(log, tuple) or not all(isinstance(v, str) for v in log):
+        return [f"{where}.log must be a list of logger names ({', '.join(loggers)}), got {log!r}; "
+                "e.g. --set train.log=['tensorboard']"]
+    found = [f"{where}.log: unknown logger {v!r}.{did_you_mean(v, loggers, 1)} Valid: {', '.join(loggers)}"
+             for v in log if v not in loggers]
+    if log and where != "train":
+        found.append(f"{where}.log: only the student's run writes logs (train.log); remove it here")
+    if "tensorboard" in log and importlib.util.find_spec("tensorboard") is None:
+        found.append(f"{where}.log=['tensorboard'] needs the tensorboard package, which is not installed: "
+                     "pip install tensorboard (or drop it from the log)")
     return found

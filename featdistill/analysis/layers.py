@@ -12,7 +12,7 @@ from torch import nn
 from ..capture import FeatureHooks, TapSet, block_names, pair_taps, resolve_module
 from ..config import Pair
 
-__all__ = ["candidate_layers", "enclosing", "layer_features", "pair_features"]
+__all__ = ["candidate_layers", "enclosing", "layer_features", "model_logits", "pair_features"]
 
 
 def candidate_layers(model: nn.Module) -> list[str]:
@@ -68,3 +68,15 @@ def pair_features(model: nn.Module, pairs: Sequence[Pair], side: str, x: torch.T
         model.train(was_training)
         taps.close()
     return feats
+
+
+@torch.no_grad()
+def model_logits(model: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """``model``'s logits ``[N, K]`` float32 on images ``x [N, ...]`` in eval mode, ``chunk`` images per forward (the
+    first output of a model that returns several, e.g. a distilled DeiT in training mode)."""
+    model.eval()
+    outs = []
+    for i in range(0, x.shape[0], chunk):
+        out = model(x[i:i + chunk])
+        outs.append((out[0] if isinstance(out, (tuple, list)) else out).float())
+    return torch.cat(outs)

@@ -26,6 +26,7 @@ from ..config import AutoPairs, Pair, Recipe
 from ..data import is_text, make_loaders
 from ..errors import FeatdistillError, UnknownNameError
 from ..models import build_model, load_weights
+from .build import pairing_input
 from .common import exit_code, recipe_with_overrides
 from .inspect_output import LayerReport, plot_cka, plot_dark_knowledge
 from .rundir import RUN_FILE, new_run_dir, resume_recipe
@@ -88,23 +89,15 @@ def _layers(model, requested: list[str], side: str) -> list[str]:
     return names
 
 
-def _pairs(recipe: Recipe, teacher, student) -> list[Pair]:
+def _pairs(recipe: Recipe, teacher, student, loaders, device: torch.device) -> list[Pair]:
+    """The pairs a run of ``recipe`` would train: ``pairs='cka'`` measured as the run measures them (the same fixed
+    batch of training images, the student at initialisation)."""
+    if isinstance(recipe.pairs, AutoPairs) and recipe.pairs.by == "cka":
+        return an.cka_pairs(teacher, student, pairing_input(recipe, loaders, device), recipe.pairs.n_pairs,
+                            **recipe.pairs.pair_kwargs())[0]
     if isinstance(recipe.pairs, AutoPairs):
         return auto_pairs(teacher, student, recipe.pairs.n_pairs, **recipe.pairs.pair_kwargs())[0]
     return list(recipe.pairs)
-
-
-def _pair_cka(pairs: list[Pair], teacher, student, x: torch.Tensor, t_feats=None) -> tuple[dict[str, float], list]:
-    """``{label: CKA}`` of what each pair reads (one entry per level of a multi-layer pair), and the teacher's
-    features (reusable for another student)."""
-    t_feats = an.pair_features(teacher, pairs, "teacher", x) if t_feats is None else t_feats
-    s_feats = an.pair_features(student, pairs, "student", x)
-    labels = []
-    for p in pairs:
-        kind = "" if p.capture == "output" else f" ({p.capture})"
-        levels = min(len(p.layers("student")), len(p.layers("teacher")))
-        labels += [f"{p.key}{f'[{i}]' if p.multi_layer else ''}{kind}" for i in range(levels)]
-    return {label: an.linear_cka(s, t) for label, s, t in zip(labels, s_feats, t_feats)}, t_feats
 
 
 def held_out(recipe: Recipe, device: torch.device):
@@ -114,16 +107,6 @@ def held_out(recipe: Recipe, device: torch.device):
     split = loaders.val if len(loaders.val.dataset) else loaders.test
     xs, ys = zip(*((b[0], b[1]) for b in split))
     return loaders, torch.cat(xs).to(device), torch.cat(ys).to(device)
-
-
-@torch.no_grad()
-def teacher_logits(teacher, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    teacher.eval()
-    outs = []
-    for i in range(0, x.shape[0], chunk):
-        out = teacher(x[i:i + chunk])
-        outs.append((out[0] if isinstance(out, (tuple, list)) else out).float())
-    return torch.cat(outs)
 
 
 def inspect(args: argparse.Namespace) -> int:
@@ -146,28 +129,28 @@ def inspect(args: argparse.Namespace) -> int:
     print(f"inspect: writing into {out}", flush=True)
     teacher, source = prepare_teacher(recipe, loaders, device, fallback_dir=out)
     teacher.eval()
-    dk = an.analyse(teacher_logits(teacher, x).cpu(), y.cpu())
+    dk = an.analyse(an.model_logits(teacher, x).cpu(), y.cpu())
     print("\n".join(["", "== dark knowledge =="] + dk.lines()), flush=True)
 
     pick = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(args.seed))[:args.batch]
     xb = x[pick.sort().values.to(device)]
     t_feats = an.layer_features(teacher, t_layers, xb)
     cka = an.cka_matrix(an.layer_features(student, s_layers, xb), t_feats).float().cpu()
-    pairs = _pairs(recipe, teacher, student)
+    pairs = _pairs(recipe, teacher, student, loaders, device)
     marked = []
     for p in pairs:
         for s_name, t_name in zip(p.layers("student"), p.layers("teacher")):
             i, j = an.enclosing(s_name, s_layers), an.enclosing(t_name, t_layers)
             if i is not None and j is not None:
                 marked.append((s_layers.index(i), t_layers.index(j), p.key))
-    pair_cka, t_pair = _pair_cka(pairs, teacher, student, xb) if pairs else ({}, None)
+    pairs_cka, t_pair = an.pair_cka(pairs, teacher, student, xb) if pairs else ({}, None)
     uniform = an.uniform_pairing(len(s_layers), len(t_layers))
-    report = LayerReport(s_layers, t_layers, cka, an.best_pairing(cka), uniform, marked, pair_cka, int(xb.shape[0]))
+    report = LayerReport(s_layers, t_layers, cka, an.best_pairing(cka), uniform, marked, pairs_cka, int(xb.shape[0]))
     if args.run is not None:
         load_weights(student, args.run / "student.pt")
         student.eval()
         report.cka_after = an.cka_matrix(an.layer_features(student, s_layers, xb), t_feats).float().cpu()
-        report.pair_after = _pair_cka(pairs, teacher, student, xb, t_pair)[0] if pairs else {}
+        report.pair_after = an.pair_cka(pairs, teacher, student, xb, t_pair)[0] if pairs else {}
     print("\n".join(["", "== layer similarity =="] + report.lines()), flush=True)
 
     plot_dark_knowledge(dk, out / "dark_knowledge.png")

@@ -1,5 +1,5 @@
-"""The end of a run: latency, the summary (JSON and printed) and the curves plot; for text runs the held-out
-language-model figures come from :mod:`.lm_report`."""
+"""The end of a run: latency, the summary (JSON and printed), the curves plot and ``report.html``
+(:mod:`.report_html`); for text runs the held-out language-model figures come from :mod:`.lm_report`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..data import Batch, is_text, sample_batch
 from ..models import count_params
 from ..train import METRICS, evaluate
 from .lm_report import lm_lines, lm_results
+from .report_html import write_report
 
 
 @torch.no_grad()
@@ -82,8 +83,9 @@ def plot_curves(metrics_path: Path, out: Path) -> None:
 
 
 def finish(recipe: Recipe, teacher: nn.Module, student: nn.Module, loaders, device: torch.device, run_dir: Path,
-           teacher_source: str, history: list[dict]) -> dict:
-    """Test accuracies, sizes and CPU latencies of both models: ``summary.json``, ``curves.png``, the dict. Text:
+           teacher_source: str, history: list[dict], teacher_accuracy: float | None = None) -> dict:
+    """Test accuracies, sizes and CPU latencies of both models: ``summary.json``, ``curves.png``, ``report.html``
+    (:mod:`.report_html`), the dict. Text:
     also test loss, perplexity and bits per byte of both, their ratio and a sample each (:func:`lm_results`);
     accuracies are per token and the latency is one forward of one block."""
     amp = recipe.train.amp
@@ -92,7 +94,12 @@ def finish(recipe: Recipe, teacher: nn.Module, student: nn.Module, loaders, devi
         student_acc, teacher_acc = lm.pop("student_accuracy"), lm.pop("teacher_accuracy")
     else:
         student_acc = evaluate(student, loaders.test, device, amp)
-        teacher_acc = evaluate(teacher, loaders.test, device, amp) if recipe.eval_teacher else float("nan")
+        if not recipe.eval_teacher:
+            teacher_acc = float("nan")
+        elif teacher_accuracy is not None:  # measured when a teacher-output cache was filled: the same weights
+            teacher_acc = teacher_accuracy
+        else:
+            teacher_acc = evaluate(teacher, loaders.test, device, amp)
     one = sample_batch(recipe.data, 1)
     latency = cpu_latency({"teacher": teacher, "student": student}, one)
     teacher.to(device), student.to(device)
@@ -111,4 +118,5 @@ def finish(recipe: Recipe, teacher: nn.Module, student: nn.Module, loaders, devi
                     "val_bits_per_byte_history": [e["val_bits_per_byte"] for e in history]}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_curves(run_dir / METRICS, run_dir / "curves.png")
+    write_report(run_dir, recipe, summary, summarize(summary), teacher, student, loaders, device)  # report.html
     return summary

@@ -2,8 +2,8 @@
 
 Epochs of ``loss_fn(batch) -> {'loss': ..., <term>: ...}`` steps (``batch``: a :class:`~featdistill.data.Batch`)
 with AdamW/SGD, linear warm-up then cosine decay (per step), gradient clipping, autocast, validation each epoch,
-``metrics.jsonl`` and an atomic checkpoint each epoch that resumes exactly (weights, optimizer, scheduler, scaler,
-RNG, position).
+``metrics.jsonl`` (and TensorBoard scalars with ``train.log=['tensorboard']``, :mod:`.tb_log`) and an atomic
+checkpoint each epoch that resumes exactly (weights, optimizer, scheduler, scaler, RNG, position).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .checkpoint import CHECKPOINT, METRICS, atomic_save, read_checkpoint, rng_s
 from .distributed import World, average, sum_counts, wait_for_main
 from .interrupt import Interrupted, StopRequest
 from .lm_eval import evaluate_lm, is_text_loader, logits_of
+from .tb_log import TB_DIR, TensorBoardLog, require_tensorboard
 
 
 def autocast(device: torch.device, amp: str):
@@ -115,6 +116,9 @@ class Trainer:
         self.partial: dict = {}  # sums of a part-done epoch, restored by resume
         self._pending_rng: dict | None = None  # mid-epoch resume: restored once the epoch's iterator exists
         self.history: list[dict] = []
+        self._tb: TensorBoardLog | None = None  # train.log=['tensorboard']: opened at the first record
+        if run_dir is not None and "tensorboard" in getattr(train, "log", ()):
+            require_tensorboard()  # now, not after the first epoch
 
     def _schedule(self) -> WarmupCosine:
         return WarmupCosine(round(self.train.warmup_epochs * self.steps), self.train.epochs * self.steps)
@@ -160,6 +164,17 @@ class Trainer:
         if self.run_dir:
             with open(self.run_dir / METRICS, "a") as f:
                 f.write("".join(json.dumps(r) + "\n" for r in records))
+            if "tensorboard" in getattr(self.train, "log", ()):
+                self._tensorboard().write(records)
+
+    def _tensorboard(self) -> TensorBoardLog:
+        """The writer of ``run_dir/tensorboard`` (:mod:`.tb_log`). A resumed run purges the events past the point
+        its checkpoint continues from, as ``metrics.jsonl`` is trimmed there."""
+        if self._tb is None:
+            folder = self.run_dir / TB_DIR
+            purge = self.start[0] * self.steps + self.start[1] if folder.exists() else None
+            self._tb = TensorBoardLog(folder, self.steps, purge)
+        return self._tb
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None, stop: StopRequest | None = None) -> list[dict]:
@@ -226,6 +241,9 @@ class Trainer:
                 wait_for_main()  # however long rank 0 takes to write the checkpoint: beyond the collectives' timeout
             if self._signalled(stop) is not None:
                 raise Interrupted(self._signalled(stop), (epoch + 1, 0), self.run_dir is not None, self.run_dir)
+        if self._tb is not None:  # every record is written (flushed as it went): complete the event file
+            self._tb.close()
+            self._tb = None
         return self.history
 
     def _signalled(self, stop: StopRequest | None) -> int | None:

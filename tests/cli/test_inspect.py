@@ -63,6 +63,16 @@ def test_run_dir_before_and_after(tmp_path, capsys):
     assert len(layers["cka_after"]) == 2
 
 
+def test_a_cka_recipe_marks_the_pairs_a_run_would_choose(tmp_path, capsys):
+    out = tmp_path / "cka"
+    assert inspect_main([VIT, *SHRINK, "--set", "pairs='cka'", "--batch", "32", "--out", str(out)]) == 0
+    assert "CKA at each recipe pair" in capsys.readouterr().out
+    layers = json.loads((out / "inspect.json").read_text())["layers"]
+    marked = [p[2] for p in layers["recipe_pairs_on_grid"]]
+    assert len(marked) == 3 and [m.split("~")[0] for m in marked] == ["blocks.0", "blocks.1", "blocks.2"]
+    assert set(layers["pair_cka"]) == set(marked)
+
+
 def test_bad_layer_name_exits_2_with_close_matches_before_any_work(tmp_path, capsys):
     out = tmp_path / "never"
     assert inspect_main([VIT, "--layers-teacher", "blocks.1,blocks.7", "--out", str(out)]) == 2
