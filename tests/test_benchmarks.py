@@ -149,6 +149,25 @@ def test_step_cost_times_speedup_twins_against_their_eager_modes(tmp_path):
         assert "vs_eager" not in results[mode]
 
 
+def test_attention_cost_times_the_modes_and_charges_the_profile_to_its_parts(tmp_path):
+    from featdistill.capture.qkv import QkvToAttention
+    from featdistill.distill.combiner import LossCombiner
+
+    before = QkvToAttention.__call__, LossCombiner.__call__
+    assert load("attention_cost").main(["--rounds", "1", "--warmup", "0", "--profile-steps", "1",
+                                        "--set", "train.batch_size=4", "--out", str(tmp_path), "--tag", "a"]) == 0
+    assert (QkvToAttention.__call__, LossCombiner.__call__) == before  # the profile's ranges are undone
+    saved = json.loads((tmp_path / "a.json").read_text())
+    assert saved["meta"]["overrides"][0] == "teacher.pretrain=None" and saved["meta"]["batch"] == 4
+    assert set(saved["modes"]) == {"logit KD", "attention (shipped)", "tokens (same blocks)"}
+    assert saved["modes"]["logit KD"]["ratio"] == 1.0  # no timing is asserted, only that every mode ran
+    rows = saved["profile_rows_ms"]
+    for part in ("teacher qkv -> maps (no_grad)", "student qkv -> maps, forward", "student qkv -> maps, backward",
+                 "adapter (student maps), backward", "feature loss, forward", "feature loss, backward"):
+        assert rows[part]["attention (shipped)"] > 0 and rows[part]["logit KD"] == 0, part
+    assert "| attention (shipped) |" in (tmp_path / "a.md").read_text()
+
+
 def test_vs_peers_matches_timm_terms_exactly(tmp_path):
     assert load("vs_peers").main(["--pairs", "vit", "--rounds", "1", "--warmup", "0", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "vs_peers.json").read_text())["results"]["vit"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from einops import rearrange
 from torch import nn
 
 from .base import ADAPTERS, Adapter, Identity, mismatch
@@ -33,14 +32,28 @@ def mixing_init(s_heads: int, t_heads: int, smooth: float = 0.1) -> torch.Tensor
     return weights.log().float()
 
 
+def _times(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``x [..., K] @ m [K, J]`` as one 2-D product (matmul would run a slow batched loop on a strided ``x``)."""
+    return (x.reshape(-1, x.shape[-1]) @ m).view(*x.shape[:-1], m.shape[-1])
+
+
+def resample_matrix(source: Sequence[int], target: Sequence[int]) -> torch.Tensor:
+    """``R [h_t*w_t, h_s*w_s]`` (float32): ``R @ v`` resamples a flattened ``h_s x w_s`` grid ``v`` onto ``h_t x w_t``
+    exactly as :func:`.layout.resize_map` does (it is linear), read off by resizing each basis grid."""
+    n = source[0] * source[1]
+    basis = torch.eye(n, dtype=torch.float64).reshape(n, 1, *source)
+    return resize_map(basis, target).reshape(n, -1).T.float().contiguous()
+
+
 class AttentionAdapter(Adapter):
     """Aligns probability maps ``[B, H_s, N_s, N_s] -> [B, H_t, M, M]`` (rows stay distributions).
 
     Tokens (when the sequences differ): only patch-to-patch attention is compared. Prefix (class /
     distillation) rows and columns are dropped on both sides; the student's ``[h_s*w_s, h_s*w_s]`` block is
-    resampled onto the teacher grid along keys, then queries (area pooling for integer shrinks, else
-    bilinear; both keep values >= 0), and every row is renormalised to sum 1. ``target()`` drops the
-    teacher's prefix and renormalises its rows likewise, so ``M = h_t*w_t``. Otherwise ``M = N_s = N_t``.
+    resampled onto the teacher grid along keys and queries (area pooling for integer shrinks, else bilinear;
+    both keep values >= 0; applied as one fixed matrix, :func:`resample_matrix`), and every row is renormalised
+    to sum 1. ``target()`` drops the teacher's prefix and renormalises its rows likewise, so ``M = h_t*w_t``.
+    Otherwise ``M = N_s = N_t``.
 
     Heads (when ``H_s != H_t``, or ``mix_heads=True``): learned logits ``mix [H_t, H_s]``, softmaxed over
     ``H_s``, so teacher head ``j`` is matched by a convex combination of student heads (see :func:`mixing_init`).
@@ -51,18 +64,29 @@ class AttentionAdapter(Adapter):
         self.s_heads, self.t_heads = s_heads, t_heads
         self.tokens = tokens  # (s_prefix, s_grid, t_prefix, t_grid) or None
         self.mix = nn.Parameter(mixing_init(s_heads, t_heads)) if mix_heads else None
+        # not persistent: derived from `tokens`, so state_dicts stay as they were
+        self.register_buffer("resample", None if tokens is None else resample_matrix(tokens[1], tokens[3]),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        if self.tokens is not None:
-            s_prefix, (sh, sw), _, t_grid = self.tokens
-            x = rearrange(x[:, :, s_prefix:, s_prefix:], "b h q (kh kw) -> (b h) q kh kw", kh=sh, kw=sw)
-            x = rearrange(resize_map(x, t_grid), "bh (qh qw) kh kw -> bh (kh kw) qh qw", qh=sh, qw=sw)
-            x = rearrange(resize_map(x, t_grid), "(b h) k qh qw -> b h (qh qw) k", h=self.s_heads)
-            x = _renormalise(x)
-        if self.mix is not None:
-            x = torch.einsum("ts,bsqk->btqk", self.mix.softmax(dim=1), x)
-        return x
+        """``[B, H_s, N_s, N_s] -> [B, H_t, M, M]`` (float32, autocast off: rows must keep summing to 1)."""
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            if self.tokens is None:
+                return self._mix(x)
+            # Resampling is linear: out = R @ x @ R^T with R [M, S] (queries on the left, keys on the right).
+            # All but the last product run on the small side, held transposed as (R x)^T [B, H, S, M]: the full
+            # map's row sums are (R x) @ (R^T 1), and renormalising rows and mixing heads commute with "@ R^T".
+            r, p = self.resample.float(), self.tokens[0]
+            x = _times(x[:, :, p:, p:].transpose(-2, -1), r.T)  # [B, H_s, S, M]: queries resampled
+            x = x / (x * r.sum(dim=0)[:, None]).sum(dim=-2, keepdim=True).clamp_min(EPS)  # full rows sum to 1
+            return _times(self._mix(x).transpose(-2, -1), r.T)  # [B, H_t, M, M]: keys resampled, the only big one
+
+    def _mix(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, H_s, Q, K] -> [B, H_t, Q, K]``: teacher head ``j`` a convex combination of student heads."""
+        if self.mix is None:
+            return x
+        return torch.einsum("ts,bsqk->btqk", self.mix.softmax(dim=1), x)
 
     def target(self, teacher: torch.Tensor) -> torch.Tensor:
         if self.tokens is None:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import FeatdistillError
+from .early_exit import EarlyExit
 from .hooks import FeatureHooks
 from .qkv import attention_hook
 
@@ -71,6 +72,7 @@ class TapSet:
     """The hooks reading ``taps`` on ``model``: one ``FeatureHooks`` per tap group, armed only inside :meth:`run`
     (evaluating the model elsewhere captures nothing). Captures copy only layers later found to be modified in
     place (``clone='auto'``); the first :meth:`run` (the Distiller's dry run) finds them, so warnings start after it.
+    ``early_exit`` (:mod:`.early_exit`) says where a :meth:`run` asked to ``stop_early`` ends the forward.
     """
 
     def __init__(self, model: nn.Module, taps: Sequence[Tap], detach: bool, side: str = "model"):
@@ -94,21 +96,33 @@ class TapSet:
             self.close()
             raise
         self._dry = True
+        self.early_exit = EarlyExit(model, [tap.layer for tap in self.taps])
 
-    def run(self, call: Callable[[], Any]) -> tuple[Any, list[torch.Tensor]]:
-        """``call()`` (a forward of the model) with the hooks armed: ``(its output, one feature per tap)``."""
+    def run(self, call: Callable[[], Any], stop_early: bool = False) -> tuple[Any, list[torch.Tensor]]:
+        """``call()`` (a forward of the model) with the hooks armed: ``(its output, one feature per tap)``.
+
+        ``stop_early``: the output is not needed, so the forward may stop once every tap has fired (the output is
+        then None; the features are those of a full forward). The first such run goes in full to learn where."""
         hooks = self.hooks.values()
         for h in hooks:
             h.active = True
+        trip = self.early_exit.arm(stop_early)
         try:
             out = call()
-        except BaseException:
-            for h in hooks:
-                h.clear()
-            raise
+            stopped = False
+        except BaseException as exc:
+            if not EarlyExit.caught(trip, exc):
+                for h in hooks:
+                    h.clear()
+                raise
+            out, stopped = None, True
         finally:
             for h in hooks:
                 h.active = False
+            if trip is not None:
+                trip.disarm()
+        if trip is not None:
+            trip.finished(stopped)
         captured = {group: h.pop() for group, h in self.hooks.items()}
         if self._dry:  # in-place modified layers are known now: from here on, say when it happens
             self._dry = False

@@ -7,6 +7,7 @@ from torch import nn
 
 from featdistill import ADAPTERS, Distiller, Pair
 from featdistill.adapters import AttentionAdapter, build_adapter
+from featdistill.adapters.layout import resize_map
 from featdistill.capture import QkvToAttention
 from featdistill.errors import ShapeError
 from featdistill.losses import attention_kl
@@ -109,3 +110,36 @@ def test_distiller_end_to_end():
         assert torch.isfinite(out["feat/blocks.2.attn.qkv~blocks.1.attn.qkv"])
         assert d.adapters[0].mix.grad.abs().sum() > 0
         assert student.blocks[2].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def resampled_by_hand(adapter: AttentionAdapter, x: torch.Tensor) -> torch.Tensor:
+    """The adapter's forward as first written: resize keys, then queries, as images; renormalise; mix heads."""
+    s_prefix, (sh, sw), _, t_grid = adapter.tokens
+    b, h = x.shape[:2]
+    x = x[:, :, s_prefix:, s_prefix:].reshape(b * h, sh * sw, sh, sw)
+    x = resize_map(x, t_grid).flatten(2).transpose(1, 2).reshape(b * h, -1, sh, sw)  # [bh, keys, q_h, q_w]
+    x = resize_map(x, t_grid).flatten(2).transpose(1, 2).reshape(b, h, -1, x.shape[1])  # [b, h, queries, keys]
+    x = x / x.sum(-1, keepdim=True).clamp_min(1e-8)
+    return x if adapter.mix is None else torch.einsum("ts,bsqk->btqk", adapter.mix.softmax(dim=1), x)
+
+
+@pytest.mark.parametrize("s_grid,t_grid,heads", [((4, 4), (8, 8), (3, 6)), ((8, 8), (4, 4), (2, 2)),
+                                                 ((6, 6), (4, 4), (4, 2)), ((4, 6), (3, 8), (2, 3)),
+                                                 ((4, 4), (4, 4), (2, 3))])
+def test_resampling_as_one_matrix_equals_resizing_the_maps(s_grid, t_grid, heads):
+    """The adapter resamples with precomputed matrices: same maps and gradients as resizing each map as an image
+    (bilinear up, area pooling for integer shrinks, bilinear down otherwise), to float rounding."""
+    n_s, n_t = 1 + s_grid[0] * s_grid[1], t_grid[0] * t_grid[1]
+    adapter = build_adapter("attention", (heads[0], n_s, n_s), (heads[1], n_t, n_t), student_prefix=1,
+                            student_grid=s_grid, teacher_prefix=0, teacher_grid=t_grid, mix_heads=True)
+    assert isinstance(adapter, AttentionAdapter) and set(adapter.state_dict()) == {"mix"}  # the matrix is derived
+    x = rows(2, heads[0], n_s).requires_grad_()
+    grad = torch.randn(2, heads[1], n_t, n_t)
+    out = adapter(x)
+    (dx, dmix) = torch.autograd.grad(out, [x, adapter.mix], grad)
+    ref = resampled_by_hand(adapter, x)
+    (ref_dx, ref_dmix) = torch.autograd.grad(ref, [x, adapter.mix], grad)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(dx, ref_dx, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dmix, ref_dmix, atol=1e-5, rtol=1e-5)
+    assert sums_to_one(out)
