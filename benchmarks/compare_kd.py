@@ -5,6 +5,8 @@ For each recipe and seed, the student is trained in several modes that differ on
     logit    logit KD only                                 (--set pairs=[])
     feature  feature pairs + cross-entropy, no logit KD    (--set kd=None)
     both     the recipe as shipped: logit KD + feature pairs
+    cached   `both` with the teacher's outputs recorded for 4 augmentation views and read back (--set
+             teacher_cache.views=4; only when --modes names it); compare it with `both`, the live teacher
 Reported per mode: test accuracy mean +- std over seeds; the paired difference to `logit` (seed by seed) with
 its 95% t-interval, a Wilcoxon p-value from 6 seeds on, and the verdict read from the interval: **wins** (all
 above 0), **loses** (all below) or **within noise**; each mode's seconds per epoch as a ratio to `logit`; the
@@ -75,7 +77,9 @@ from featdistill.recipe import apply_overrides, check, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "out"
-MODES = {"alone": ["kd=None", "pairs=[]"], "logit": ["pairs=[]"], "feature": ["kd=None"], "both": []}
+MODES = {"alone": ["kd=None", "pairs=[]"], "logit": ["pairs=[]"], "feature": ["kd=None"], "both": [],
+         "cached": ["teacher_cache.views=4"]}
+ON_REQUEST = {"cached"}  # image modes run only when --modes names them
 
 
 def start_worker(threads: int, parent: int) -> None:
@@ -98,14 +102,17 @@ def train_once(recipe: Path, overrides: list[str], seed: int, workdir: Path) -> 
     for item in overrides:
         argv += ["--set", item]
     buffer = io.StringIO()
+    start = time.perf_counter()
     with contextlib.redirect_stdout(buffer):
         code = run_main(argv)
+    wall = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"run failed ({code}): {' '.join(argv)}\n{buffer.getvalue()[-2000:]}")
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     seconds = [r["epoch_seconds"] for r in records if r["kind"] == "epoch"]
     summary["epoch_seconds"] = statistics.median(seconds)
+    summary["wall_seconds"] = wall  # the whole run: teacher loading, any cache recording, training, the report
     return summary
 
 
@@ -196,6 +203,9 @@ def tabulate(runs: dict[str, list[dict]], metric=ACCURACY) -> dict:
         mean, std = stats(r[key])
         row = {f"{key}_mean": mean, f"{key}_std": std, key: r[key],
                "epoch_seconds_median": statistics.median(r["epoch_seconds"])}
+        walls = [x["wall_seconds"] for x in runs[mode] if "wall_seconds" in x]  # older journal entries lack it
+        if walls:
+            row["wall_seconds_median"] = statistics.median(walls)
         if base and mode != base:
             diff = metric.gain(r[key], results[base][key])
             row.update(paired_diff_mean=diff.mean, paired_diff_std=diff.std, paired_diff_low=diff.low,
@@ -224,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="choose the best feature mode on these seeds ...")
     p.add_argument("--confirm-seeds", type=seed_range, metavar="C-D", help="... and report it on these")
     p.add_argument("--modes", nargs="+", choices=list(dict.fromkeys([*MODES, *LM_MODES])),
-                   help=f"default: every mode of the recipe's kind (images: {', '.join(MODES)}; language models: "
+                   help=f"default: every mode of the recipe's kind (images: "
+                        f"{', '.join(m for m in MODES if m not in ON_REQUEST)}; language models: "
                         f"{', '.join(LM_MODES)}); each recipe runs those of its kind")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[;OVERRIDE]",
                    help="an extra mode: the recipe with these --set overrides, e.g. at=pairs.1.loss='at'")
@@ -288,7 +299,7 @@ def modes_for(recipe: Path, args, methods: list[str] | None) -> dict[str, list[s
     baseline every verdict is taken against (first), and the methods' modes for image recipes."""
     text = is_text_recipe(recipe)
     kind = LM_MODES if text else MODES
-    names = [m for m in args.modes if m in kind] if args.modes else list(kind)
+    names = [m for m in args.modes if m in kind] if args.modes else [m for m in kind if m not in ON_REQUEST]
     modes = lm_modes(recipe, names, args.extra, args.out, args.synthetic_samples) if text else \
         {m: MODES[m] for m in names}
     for variant in args.variant:

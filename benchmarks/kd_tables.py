@@ -10,7 +10,7 @@ from pathlib import Path
 from lm_modes import LM_LABELS, METRICS
 
 LABELS = {"alone": "student alone", "logit": "logit KD", "feature": "feature KD (no logit KD)",
-          "both": "logit + feature KD (recipe)"}
+          "both": "logit + feature KD (recipe)", "cached": "recipe, teacher outputs from the cache"}
 
 
 def markdown(all_results: dict, meta: dict) -> str:

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _HOME = {
     "ADAPTERS": "adapters",
-    "AutoPairs": "config", "LogitKD": "config", "Pair": "config",
+    "AutoPairs": "config", "LogitKD": "config", "Pair": "config", "TeacherCache": "config",
     "Batch": "data",
     "Distiller": "distill", "LiveTeacher": "distill", "Teacher": "distill", "TeacherOutputs": "distill",
     "split_logits": "distill",

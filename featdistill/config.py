@@ -14,11 +14,14 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .checks import layer_names, layer_problems
+from .checks import log_problems as _log_problems
 from .checks import number as _number
 from .checks import unknown as _unknown
 
 # Data lives in its own file; it and the dataset names are part of this module's surface
+from .config_cache import TeacherCache  # noqa: F401
 from .config_data import CIFAR_FOLDERS, DATASETS, IMAGEFOLDER_LAYOUT, TEXT_DATASETS, TEXT_LAYOUT, Data  # noqa: F401
+from .errors import did_you_mean
 
 # How a Pair reads a layer: its output, its input, or (for a fused-qkv attention module) the attention
 # probabilities / MiniLM value relations [B, heads, N, N] recomputed from the qkv output. The one list of
@@ -28,6 +31,8 @@ REPEAT_POLICIES = ("error", "first", "last", "stack")  # a layer that runs more 
 NORMALIZE = (None, "teacher", "both")
 OPTIMIZERS = ("adamw", "sgd")
 AMP = ("none", "bf16", "fp16")
+PAIRING = ("depth", "cka")  # AutoPairs.by: relative depth (TinyBERT) or linear CKA on a fixed batch
+LOGGERS = ("tensorboard",)  # Train.log: where metrics go besides metrics.jsonl
 
 
 @dataclass(frozen=True)
@@ -155,11 +160,14 @@ class Pair:
 
 @dataclass(frozen=True)
 class AutoPairs:
-    """Pairs chosen by relative depth among the block-like modules of both models (TinyBERT's uniform
-    mapping: student block i <-> teacher block round((i + 1) * L_t / L_s) - 1, last blocks always paired).
+    """Pairs chosen automatically, ``by`` one of ``PAIRING``: ``'depth'`` (default), by relative depth among the
+    block-like modules of both models (TinyBERT's uniform mapping: student block i <-> teacher block
+    round((i + 1) * L_t / L_s) - 1, last blocks always paired); ``'cka'``, the stages or blocks ``inspect`` compares,
+    in order, for the highest total linear CKA on a fixed training batch (:func:`featdistill.analysis.cka_pairs`).
 
     ``n_pairs`` keeps that many, evenly spaced over the student's blocks (default: every student block);
-    the remaining fields are given to every ``Pair``. ``pairs='auto'`` means ``AutoPairs()``.
+    the remaining fields are given to every ``Pair``. ``pairs='auto'`` means ``AutoPairs()``, ``pairs='cka'``
+    ``AutoPairs(by='cka')``.
     """
 
     n_pairs: int | None = None
@@ -168,16 +176,23 @@ class AutoPairs:
     weight: float | str = 1.0
     normalize: str | None = None
     auto_ratio: float = 1.0
+    by: str = field(default="depth", metadata={"omit_default": True})  # saved recipes from before keep their form
 
     def problems(self) -> list[str]:
         found = []
         if self.n_pairs is not None and (not isinstance(self.n_pairs, int) or self.n_pairs < 1):
             found.append(f"AutoPairs.n_pairs must be an integer >= 1 or None, got {self.n_pairs!r}")
+        if self.by not in PAIRING:
+            found.append(f"AutoPairs.by must be one of {PAIRING}, got {self.by!r}."
+                         f"{did_you_mean(str(self.by), PAIRING, 1)}")
         return found + Pair("student", "teacher", name="AutoPairs", **self.pair_kwargs()).problems()
 
     def pair_kwargs(self) -> dict[str, Any]:
-        """The fields every chosen ``Pair`` receives (all but ``n_pairs``)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "n_pairs"}
+        """The fields every chosen ``Pair`` receives (all but ``n_pairs`` and ``by``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("n_pairs", "by")}
+
+
+PAIRS_SHORTHANDS = {"auto": AutoPairs(), "cka": AutoPairs(by="cka")}  # Recipe(pairs='cka') etc.
 
 
 @dataclass(frozen=True)
@@ -204,6 +219,11 @@ class Train:
     sync_bn: bool = field(default=False, metadata={"omit_default": True})
     compile: bool = field(default=False, metadata={"omit_default": True})
     channels_last: bool = field(default=False, metadata={"omit_default": True})
+    log: tuple[str, ...] = field(default=(), metadata={"omit_default": True})  # e.g. ('tensorboard',)
+
+    def __post_init__(self):
+        if isinstance(self.log, list):  # Train(log=['tensorboard']): kept as a tuple, frozen and hashable
+            object.__setattr__(self, "log", tuple(self.log))
 
     def problems(self, where: str = "train") -> list[str]:
         found = []
@@ -231,7 +251,7 @@ class Train:
         for name in ("sync_bn", "compile", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 found.append(f"{where}.{name} must be True or False, got {getattr(self, name)!r}")
-        return found
+        return found + _log_problems(where, self.log, LOGGERS)
 
 
 @dataclass(frozen=True)
@@ -264,9 +284,10 @@ class Recipe:
     data: Data = field(default_factory=Data)
     train: Train = field(default_factory=Train)
     eval_teacher: bool = True
+    teacher_cache: TeacherCache | None = field(default=None, metadata={"omit_default": True})
 
     def __post_init__(self):
-        if self.pairs == "auto":
-            object.__setattr__(self, "pairs", AutoPairs())
+        if isinstance(self.pairs, str) and self.pairs in PAIRS_SHORTHANDS:  # 'auto', 'cka'
+            object.__setattr__(self, "pairs", PAIRS_SHORTHANDS[self.pairs])
         if isinstance(self.pairs, list):
             object.__setattr__(self, "pairs", tuple(self.pairs))

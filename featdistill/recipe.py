@@ -17,7 +17,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union
 
-from .config import AutoPairs, Data, LogitKD, Model, Pair, Recipe, Train
+from .config import PAIRS_SHORTHANDS, AutoPairs, Data, LogitKD, Model, Pair, Recipe, TeacherCache, Train
 from .errors import RecipeError, did_you_mean
 from .models import known_model
 
@@ -74,6 +74,8 @@ def _allows(tp: Any, value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:  # tuple[str, ...]: a literal list too (--set train.log=['tensorboard'])
+        return isinstance(value, (tuple, list))
     if origin is not None:
         return isinstance(value, origin)
     if tp in (tuple, list):
@@ -190,8 +192,10 @@ def validate(recipe: Recipe) -> list[str]:
     if isinstance(recipe.pairs, AutoPairs):
         found += recipe.pairs.problems()
     elif not isinstance(recipe.pairs, tuple):
-        found.append(f"pairs must be a list of Pair(...), 'auto' or AutoPairs(...), got {recipe.pairs!r}; e.g. "
-                     "--set \"pairs=[{'student': 'blocks.1', 'teacher': 'blocks.2'}]\" or --set pairs=[]")
+        hint = did_you_mean(recipe.pairs, PAIRS_SHORTHANDS, 1) if isinstance(recipe.pairs, str) else ""
+        found.append(f"pairs must be a list of Pair(...), 'auto', 'cka' or AutoPairs(...), got {recipe.pairs!r}.{hint}"
+                     " e.g. --set pairs='cka', --set \"pairs=[{'student': 'blocks.1', 'teacher': 'blocks.2'}]\" or "
+                     "--set pairs=[]")
     for i, pair in enumerate(recipe.pairs if isinstance(recipe.pairs, tuple) else ()):
         if not isinstance(pair, Pair):
             found.append(f"pairs[{i}] must be a Pair(...), got {type(pair).__name__}")
@@ -202,6 +206,9 @@ def validate(recipe: Recipe) -> list[str]:
     found += [f"two pairs share the name {k!r}; give one a name=" for k in dupes]
     found += recipe.data.problems() if isinstance(recipe.data, Data) else ["data must be a Data(...)"]
     found += recipe.train.problems() if isinstance(recipe.train, Train) else ["train must be a Train(...)"]
+    if recipe.teacher_cache is not None:
+        found += recipe.teacher_cache.problems() if isinstance(recipe.teacher_cache, TeacherCache) else \
+            ["teacher_cache must be TeacherCache(...) or None"]
     return found
 
 

@@ -32,13 +32,15 @@ from ..train import (
     trim_metrics,
 )
 from ..train import distributed as dist_run
-from .build import build_distiller
+from .build import build_distiller, cka_dry_run_note, pairing_input
 from .common import recipe_with_overrides
 from .list_layers import list_layers_cmd
 from .list_losses import list_losses_cmd
 from .report import finish, summarize
+from .report_html import save_plan
 from .rundir import SAFE_ON_RESUME, new_run_dir, record_run, resume_recipe
 from .teacher import teacher_for_rank
+from .teacher_outputs import budget_line, cached_distiller, planned_entries
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,7 +96,7 @@ def describe_sample(recipe: Recipe, sample) -> tuple[str, str]:
 
 
 def preflight(recipe: Recipe, num_classes: int, sample, device: torch.device,
-              num_samples: int | None = None) -> Distiller:
+              num_samples: int | None = None, pairing=None) -> Distiller:
     """Build both models and the Distiller on a sample batch (a tensor ``[B, C, S, S]`` or a dict of ``input_ids`` /
     ``attention_mask [B, T]``) before anything expensive: every model setting, layer name, shape, adapter and loss
     is checked here, not after the teacher stage. The caller closes it."""
@@ -113,14 +115,16 @@ def preflight(recipe: Recipe, num_classes: int, sample, device: torch.device,
                 f"{str(exc).splitlines()[0] if str(exc) else ''}. Make {side}.kwargs (e.g. {knob}) fit the data."
             ) from None
         models.append(model.train())
-    return build_distiller(recipe, *models, sample, num_samples)
+    return build_distiller(recipe, *models, sample, num_samples, pairing)
 
 
 def train_loaders(recipe: Recipe, with_index: bool = False, pin_memory: bool = False):
-    """The run's loaders: under torchrun, this rank's share of each global batch of ``train.batch_size``."""
-    world, train = dist_run.current(), recipe.train
+    """The run's loaders: under torchrun, this rank's share of each global batch of ``train.batch_size``. With a
+    teacher-output cache, batches carry their indices and epochs cycle through its augmentation views."""
+    world, train, cache = dist_run.current(), recipe.train, recipe.teacher_cache
     return make_loaders(recipe.data, dist_run.per_rank_batch(train.batch_size, world), seed=train.seed,
-                        rank=world.rank, world_size=world.size, with_index=with_index, pin_memory=pin_memory)
+                        rank=world.rank, world_size=world.size, with_index=with_index or cache is not None,
+                        pin_memory=pin_memory, views=cache.views if cache is not None else None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,7 +141,11 @@ def run(args: argparse.Namespace) -> int:
     train = recipe.train
     loaders = train_loaders(recipe, pin_memory=device.type == "cuda")
     sample = Batch.of(sample_batch(recipe.data, 2)).to(device).inputs  # a tensor, or a dict of token tensors
-    with preflight(recipe, loaders.num_classes, sample, device, len(loaders.train.dataset)) as checked:
+    with preflight(recipe, loaders.num_classes, sample, device, len(loaders.train.dataset),
+                   pairing_input(recipe, loaders, device)) as checked:
+        cache_line = None  # checked before the teacher stage: a cache over its budget is refused here
+        if recipe.teacher_cache is not None:
+            cache_line = budget_line(recipe, planned_entries(recipe, checked, sample), len(loaders.train.dataset))
         if args.dry_run:
             unit = (f" blocks of {recipe.data.block_size} tokens, a vocabulary of {loaders.num_classes}"
                     if is_text(recipe.data) else f", {loaders.num_classes} classes")
@@ -147,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"batch: train.batch_size={train.batch_size} is the global batch, "
                   f"{train.batch_size // world.size} per process on {world.size} process(es)")
             print(f"teacher: {teacher_note}")
+            if cka_dry_run_note(recipe):  # issue 16: pairs='cka' on a teacher not trained yet
+                print(cka_dry_run_note(recipe))
+            if cache_line:
+                print(cache_line)
             print(checked.plan())
             return 0
     del checked
@@ -173,13 +185,23 @@ def train_and_report(args: argparse.Namespace, recipe: Recipe, loaders, sample, 
                                                stop=stop)
     torch.manual_seed(train.seed)
     student = build_model(recipe.student, loaders.num_classes, loaders.in_chans, where="student").to(device)
-    distiller = build_distiller(recipe, teacher, student, sample, len(loaders.train.dataset))
-    if distiller.needs_index:  # a loss with a memory bank: batches carry the samples' indices
+    teacher_accuracy = None
+    if recipe.teacher_cache is not None:
+        distiller, teacher_accuracy, note = cached_distiller(recipe, teacher, student, loaders, device, sample)
+        loaders.on_epoch.append(distiller.teacher_source.set_epoch)
+        print(note, flush=True)
+    else:
+        distiller = build_distiller(recipe, teacher, student, sample, len(loaders.train.dataset),
+                                    pairing_input(recipe, loaders, device))
+    if distiller.needs_index and recipe.teacher_cache is None:  # a memory-bank loss: batches carry indices
         loaders = train_loaders(recipe, with_index=True, pin_memory=device.type == "cuda")
     if not args.quiet:
         print(distiller.plan(), flush=True)
+    if world.main:
+        save_plan(run_dir, distiller)  # for report.html (issue 16)
     # after the dry run (it finds the captures to copy), before DDP (it registers the parameters as they will be)
-    speedups.apply(train, student, distiller.teacher, extra=[distiller.adapters, distiller.feature_losses])
+    speedups.apply(train, student, None if recipe.teacher_cache else distiller.teacher,
+                   extra=[distiller.adapters, distiller.feature_losses])
     model = dist_run.wrap(distiller, device, sync_bn=train.sync_bn)  # DDP under torchrun, else the Distiller
     dist_run.seed_rank(train.seed, world)
     trainer = Trainer(distiller, model, loaders, train, device, eval_model=student,
@@ -206,9 +228,10 @@ def train_and_report(args: argparse.Namespace, recipe: Recipe, loaders, sample, 
     if not world.main:
         return 0  # rank 0 tests, summarises and writes the rest; the others wait for it in dist_run.shutdown
     torch.save(student.state_dict(), run_dir / "student.pt")
-    summary = finish(recipe, teacher, student, loaders, device, run_dir, teacher_source, trainer.history)
+    summary = finish(recipe, teacher, student, loaders, device, run_dir, teacher_source, trainer.history,
+                     teacher_accuracy)
     print(summarize(summary))
-    print(f"outputs in {run_dir}: summary.json, student.pt, metrics.jsonl, curves.png, checkpoint.pt")
+    print(f"outputs in {run_dir}: summary.json, student.pt, metrics.jsonl, curves.png, report.html, checkpoint.pt")
     return 0
 
 

@@ -13,8 +13,9 @@
 
 from ..config import Data
 from .batch import IGNORE_INDEX, Batch
-from .loaders import Loaders, in_chans_of, is_text, make_loaders, sample_batch
+from .loaders import Loaders, in_chans_of, is_text, make_loaders, sample_batch, view_loaders
 from .text import TextBlocks, TextDatasets, collate_text, lm_metrics, make_text_datasets
 
 __all__ = ["IGNORE_INDEX", "Batch", "Data", "Loaders", "TextBlocks", "TextDatasets", "collate_text", "in_chans_of",
-           "is_text", "lm_metrics", "make_loaders", "make_text_datasets", "sample_batch"]
+           "is_text", "lm_metrics", "make_loaders", "make_text_datasets", "sample_batch",
+           "view_loaders"]

@@ -13,8 +13,10 @@ offsets follow the epoch. ``num_classes`` is the vocabulary; ``in_chans`` and ``
 
 from __future__ import annotations
 
+import copy
 import itertools
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -64,13 +66,23 @@ class Loaders:
     num_classes: int
     in_chans: int
     image_size: int
+    views: int | None = None  # augmentation repeats every `views` epochs (a teacher-output cache); None: never
+    on_epoch: list[Callable[[int], None]] = field(default_factory=list)  # told each epoch (a CachedTeacher)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        """Call before each epoch: reshuffles the train order and re-seeds its augmentation for ``epoch``;
-        ``skip_batches`` starts it part-way, where a run stopped mid-epoch left off."""
+        """Call before each epoch: reshuffles the train order and re-seeds its augmentation for ``epoch`` (for
+        view ``epoch mod views`` when ``views`` is set); ``skip_batches`` starts it part-way, where a run stopped
+        mid-epoch left off."""
         self.train.sampler.set_epoch(epoch)
         self.train.sampler.start = skip_batches * self.train.batch_size
-        self.train.dataset.epoch = epoch
+        self.train.dataset.epoch = view_of(epoch, self.views)
+        for listener in self.on_epoch:
+            listener(epoch)
+
+
+def view_of(epoch: int, views: int | None) -> int:
+    """The augmentation epoch that ``epoch`` uses: itself, or its view ``epoch mod views``."""
+    return epoch if views is None else epoch % views
 
 
 class EpochIndex(int):
@@ -92,18 +104,29 @@ class ResumableSampler(DistributedSampler):
     indices are :class:`EpochIndex` values."""
 
     start = 0
+    views: int | None = None  # the indices carry the augmentation epoch: the epoch's view (see Loaders.views)
 
     def __iter__(self):
-        return (EpochIndex(i, self.epoch) for i in itertools.islice(super().__iter__(), self.start, None))
+        view = view_of(self.epoch, self.views)
+        return (EpochIndex(i, view) for i in itertools.islice(super().__iter__(), self.start, None))
 
 
 def make_loaders(data: Data, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 num_workers: int | None = None, with_index: bool = False, pin_memory: bool = False) -> Loaders:
+                 num_workers: int | None = None, with_index: bool = False, pin_memory: bool = False,
+                 views: int | None = None) -> Loaders:
     """Loaders over ``data``; batches are ``(x float32 [B, C, S, S], y int64 [B])``, plus ``index int64 [B]`` with
     ``with_index``. The train order is ``DistributedSampler``'s: a permutation seeded by ``seed + epoch``, padded to
     a multiple of ``world_size``, rank ``r`` taking every ``world_size``-th item from ``r``. ``num_workers`` (default
     ``data.num_workers``) loader processes stay alive across epochs; ``pin_memory`` for CUDA copies. The batches are
-    the same whatever the number of workers. Raises FeatdistillError."""
+    the same whatever the number of workers. With ``views``, epoch ``e`` is augmented as epoch ``e mod views`` (the
+    order still follows ``e``): the views a teacher-output cache recorded. Raises FeatdistillError."""
+    loaders = _make_loaders(data, batch_size, seed, rank, world_size, num_workers, with_index, pin_memory)
+    loaders.views = loaders.train.sampler.views = views
+    return loaders
+
+
+def _make_loaders(data: Data, batch_size: int, seed: int, rank: int, world_size: int, num_workers: int | None,
+                  with_index: bool, pin_memory: bool) -> Loaders:
     num_workers = data.num_workers if num_workers is None else num_workers
     extra = [] if isinstance(batch_size, int) and batch_size >= 1 else [f"batch_size must be >= 1, got {batch_size!r}"]
     if not (isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
@@ -134,6 +157,26 @@ def _text_loaders(data: Data, batch_size: int, seed: int, rank: int, world_size:
     return Loaders(train=DataLoader(splits.train, sampler=sampler, **kw),
                    val=DataLoader(splits.val, shuffle=False, **kw), test=DataLoader(splits.test, shuffle=False, **kw),
                    num_classes=splits.vocab_size, in_chans=0, image_size=0)
+
+
+def view_loaders(data: Data, batch_size: int, seed: int, views: int) -> list[tuple[int, DataLoader]]:
+    """``(view, loader)`` for each view ``0 .. views-1``: the whole training split in dataset order, augmented as
+    the train loader augments epoch ``view`` with the same ``seed``, yielding the samples' ``index`` too. What a
+    teacher-output cache records."""
+    _check(data)
+    if is_text(data):
+        base = make_text_datasets(data, seed, with_index=True).train
+        kw = dict(collate_fn=base.collate)
+    else:
+        prep = prepare(data)
+        base, kw = _Split(prep.train, prep.augment if data.augment else None, seed, prep.norm, True), {}
+    found = []
+    for view in range(views):
+        split = copy.copy(base)
+        split.epoch = view
+        found.append((view, DataLoader(split, batch_size=batch_size, shuffle=False, num_workers=data.num_workers,
+                                       **kw)))
+    return found
 
 
 def is_text(data: Data) -> bool:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..analysis.cka_pairs import CKA_TITLE, cka_pairs
 from ..capture import TapSet, auto_pairs, pair_taps, per_pair, resolve_module
 from ..config import AutoPairs, LogitKD, Pair
 from ..data.batch import Batch
@@ -17,7 +18,7 @@ from ..losses import LOGIT_LOSSES
 from .calibration import AutoWeights
 from .combiner import FeatureTerm, LossCombiner
 from .logits import split_logits
-from .plan import PlannedPair, format_plan, plan_multi, plan_pair
+from .plan import PlannedPair, format_plan, plan_multi, plan_pair, teacher_run_line
 from .teachers import LiveTeacher, Teacher
 
 _DEFAULT_KD = LogitKD()
@@ -85,13 +86,16 @@ class Distiller(nn.Module):
     Args:
         teacher: a module returning logits ``[B, K]`` (see :func:`split_logits`), or a ``Teacher``.
         student: the module to train.
-        pairs: :class:`Pair` list, or ``'auto'`` / :class:`AutoPairs` to pair blocks by relative depth.
+        pairs: :class:`Pair` list, or ``'auto'`` / :class:`AutoPairs` to pair blocks by relative depth, ``'cka'`` /
+            ``AutoPairs(by='cka')`` to pair layers by linear CKA on ``pairing_input``.
         kd: :class:`LogitKD`, or ``None`` for feature terms plus plain cross-entropy.
         sample_input: one batch (as ``x``) used for a no-grad dry run that measures feature shapes (needed
             when there are pairs).
         logits_from: optional ``output -> logits`` callable for unusual model outputs.
         calibration_steps: training steps over which ``Pair(weight='auto')`` weights are measured.
         label_smoothing: for the task term's cross-entropy.
+        pairing_input: the fixed batch (as ``x``, at least 8 samples) that ``pairs='cka'`` measures CKA on;
+            default ``sample_input``.
     """
 
     def __init__(
@@ -104,16 +108,24 @@ class Distiller(nn.Module):
         logits_from: Callable[[Any], torch.Tensor] | None = None,
         calibration_steps: int = 20,
         label_smoothing: float = 0.0,
+        pairing_input: Any = None,
     ):
         super().__init__()
         teacher_model = teacher.model if isinstance(teacher, Teacher) else teacher
         self.pairing_notes: list[str] = []
-        if pairs == "auto":
-            pairs = AutoPairs()
+        self.pairing_title: str | None = None  # None: pairs by relative depth (format_plan's default title)
+        if isinstance(pairs, str) and pairs in ("auto", "cka"):
+            pairs = AutoPairs(by="cka" if pairs == "cka" else "depth")
         if isinstance(pairs, AutoPairs):
             if pairs.problems():
                 raise FeatdistillError("cannot build the Distiller:\n  - " + "\n  - ".join(pairs.problems()))
-            pairs, self.pairing_notes = auto_pairs(teacher_model, student, pairs.n_pairs, **pairs.pair_kwargs())
+            if pairs.by == "cka":  # measured once, here: the teacher as given, the student as it starts
+                measured_on = pairing_input if pairing_input is not None else sample_input
+                pairs, self.pairing_notes = cka_pairs(teacher_model, student, measured_on, pairs.n_pairs,
+                                                      **pairs.pair_kwargs())
+                self.pairing_title = CKA_TITLE
+            else:
+                pairs, self.pairing_notes = auto_pairs(teacher_model, student, pairs.n_pairs, **pairs.pair_kwargs())
         pairs = list(pairs)
         problems = _problems(kd, pairs, sample_input is not None)
         if problems:
@@ -162,7 +174,7 @@ class Distiller(nn.Module):
         try:
             self.student.eval()
             with torch.no_grad():
-                t_feats = self.teacher_source(batch, need_logits=False).features
+                t_feats = self.teacher_source.dry_run(batch).features
                 s_feats = per_pair(self.pairs, self.student_taps.run(lambda: batch.run(self.student))[1])
         finally:
             self.student.train(was_training)
@@ -229,10 +241,18 @@ class Distiller(nn.Module):
             self.teacher._apply(fn, recurse)
         return self
 
+    def use_teacher(self, source: Teacher) -> None:
+        """Take the teacher's side from ``source`` from now on (e.g. a cache the current teacher filled); the hooks
+        of the current source are removed."""
+        self.teacher_source.close()
+        source.bind(self.pairs)
+        object.__setattr__(self, "teacher_source", source)
+
     def plan(self) -> str:
         """The pairs as built: student layer and shape -> adapter -> teacher layer and shape, loss, weight."""
         return format_plan(self.teacher, self.student, self.adapters, self.planned, self.pairing_notes,
-                           repr(self.combiner))
+                           repr(self.combiner), teacher_run_line(self.teacher_source, self.kd is not None),
+                           pairing_title=self.pairing_title)
 
     def close(self) -> None:
         """Remove every hook this Distiller attached (student and teacher)."""

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..adapters import Adapter, Identity, adapter_name, build_adapter, model_token_hints
+from ..capture import block_names
 from ..config import Pair
 from ..errors import FeatdistillError, ShapeError
 from ..losses import Loss, build_loss
@@ -163,12 +164,45 @@ def plan_multi(pair: Pair, student_feats: list[torch.Tensor], teacher_feats: lis
     return PlannedPair(pair, s_shapes, t_shapes, t_shapes, Identity().to(device), loss)
 
 
+def _blocks_run(model: nn.Module, layer: str) -> str:
+    """``': 4 of 12 blocks run'`` for a forward that stops after ``layer`` (blocks as :func:`block_names` finds
+    them, in registration order), ``' (the last in part)'`` when ``layer`` sits inside a block; '' without blocks."""
+    try:
+        blocks = block_names(model)
+    except FeatdistillError:
+        return ""
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    inside = [b for b in blocks if layer.startswith(b + ".")]
+    run = [b for b in blocks if b == layer or b.startswith(layer + ".") or order[b] < order[layer]]
+    return f": {len(run)} of {len(blocks)} blocks run" + (" (the last in part)" if inside else "")
+
+
+def teacher_run_line(source: object, need_logits: bool) -> str | None:
+    """One line: whether the teacher's forward stops early in the step (only a ``LiveTeacher`` can), and after
+    which layer, or why not. None for a teacher source without a live model."""
+    if getattr(source, "plan_line", None):  # e.g. a CachedTeacher: no forward at all
+        return source.plan_line
+    if not hasattr(source, "early_exit_after"):
+        return None
+    if need_logits:
+        return "teacher: runs in full: logit KD needs its logits"
+    after = source.early_exit_after
+    if after is None:
+        return f"teacher: runs in full although logits are not needed (feature-only KD): {source.early_exit_reason}"
+    return (f"teacher: stops after {after} when logits are not needed (feature-only KD)"
+            + _blocks_run(source.model, after))
+
+
 def format_plan(teacher: nn.Module | None, student: nn.Module, adapters: nn.Module, planned: list[PlannedPair],
-                pairing_notes: list[str], formula: str) -> str:
-    """The printed plan: model sizes, one line per pair, how automatic pairs were chosen, the loss formula."""
+                pairing_notes: list[str], formula: str, teacher_run: str | None = None,
+                pairing_title: str | None = None) -> str:
+    """The printed plan: model sizes, whether the teacher stops early (``teacher_run``, one line), one line per
+    pair, how automatic pairs were chosen, the loss formula."""
     lines = []
     if teacher is not None:
         lines.append(f"teacher {type(teacher).__name__}: {count_params(teacher):,} params (frozen)")
+    if teacher_run:
+        lines.append(teacher_run)
     lines += [f"student {type(student).__name__}: {count_params(student):,} params",
               f"adapters: {count_params(adapters):,} params"]
     in_losses = sum(count_params(p.loss) for p in planned)
@@ -176,7 +210,7 @@ def format_plan(teacher: nn.Module | None, student: nn.Module, adapters: nn.Modu
         lines.append(f"losses: {in_losses:,} params (modules inside the losses, trained with the student)")
     lines += [p.line() for p in planned]
     if pairing_notes:
-        lines.append("pairs chosen automatically by relative depth (TinyBERT uniform mapping):")
+        lines.append(pairing_title or "pairs chosen automatically by relative depth (TinyBERT uniform mapping):")
         lines += [f"  {note}" for note in pairing_notes]
     lines.append(formula)
     return "\n".join(lines)

@@ -41,15 +41,26 @@ class Teacher:
     def __call__(self, batch: Batch, need_logits: bool = True) -> TeacherOutputs:
         raise NotImplementedError
 
+    def dry_run(self, batch: Batch) -> TeacherOutputs:
+        """The features of ``batch`` for the build's shape checks (a cache answers with zeros of its shapes)."""
+        return self(batch, need_logits=False)
+
     def close(self) -> None:
         """Release what ``bind`` attached (hooks)."""
 
 
 class LiveTeacher(Teacher):
-    """Runs the frozen ``model`` (``eval()`` on every call, ``no_grad``) with hooks on the paired layers."""
+    """Runs the frozen ``model`` (``eval()`` on every call, ``no_grad``) with hooks on the paired layers.
 
-    def __init__(self, model: nn.Module, logits_from: Callable[[Any], torch.Tensor] | None = None):
-        self.model, self.logits_from = model, logits_from
+    ``early_exit``: when the logits are not needed (``need_logits=False``: feature-only KD, the dry run), stop the
+    forward right after the deepest hooked layer has been captured (:mod:`featdistill.capture.early_exit`); the
+    features are the same, the layers after it never run. The first such call runs in full to learn where to stop;
+    a compiled teacher always runs in full.
+    """
+
+    def __init__(self, model: nn.Module, logits_from: Callable[[Any], torch.Tensor] | None = None,
+                 early_exit: bool = True):
+        self.model, self.logits_from, self.early_exit = model, logits_from, early_exit
         model.requires_grad_(False)
         model.eval()
         self.taps: TapSet | None = None
@@ -61,10 +72,29 @@ class LiveTeacher(Teacher):
     @torch.no_grad()
     def __call__(self, batch: Batch, need_logits: bool = True) -> TeacherOutputs:
         self.model.eval()  # every step: a .train() on the teacher or on a wrapper must not flip it
-        out, features = self.taps.run(lambda: batch.run(self.model))
+        stop = self.early_exit and not need_logits
+        out, features = self.taps.run(lambda: batch.run(self.model), stop_early=stop)
         features = per_pair(self.pairs, features)
         logits = (self.logits_from or (lambda o: split_logits(o)[0]))(out) if need_logits else None
         return TeacherOutputs(logits, features)
+
+    @property
+    def early_exit_after(self) -> str | None:
+        """The layer after which a ``need_logits=False`` call stops now (the last hooked layer to fire; an
+        attention capture's ``<attn>.qkv``), or None when it runs the full forward (see :attr:`early_exit_reason`)."""
+        return self.taps.early_exit.after if self.early_exit_reason is None else None
+
+    @property
+    def early_exit_reason(self) -> str | None:
+        """Why a ``need_logits=False`` call runs the full forward, or None when it stops early."""
+        if not self.early_exit:
+            return "early exit is turned off (LiveTeacher(early_exit=False))"
+        if self.taps is None:
+            return "no pairs are bound yet"
+        why = self.taps.early_exit.unavailable()
+        if why is None and self.taps.early_exit.after is None:
+            why = "not learned yet: the first feature-only forward runs in full to find the last hooked layer"
+        return why
 
     def close(self) -> None:
         if self.taps is not None:
