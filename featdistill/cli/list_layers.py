@@ -13,7 +13,9 @@ from ..models import build_model, count_params
 def list_layers_cmd(recipe: Recipe, which: str) -> int:
     sample = sample_batch(recipe.data, 2)
     spec = recipe.teacher if which == "teacher" else recipe.student
-    model = build_model(spec, make_loaders(recipe.data, 2).num_classes, in_chans_of(recipe.data), where=which)
+    # the real text for the vocabulary: a recipe that trains on generated text may not have generated it yet
+    classes = make_loaders(recipe.data.for_teacher(), 2).num_classes
+    model = build_model(spec, classes, in_chans_of(recipe.data), where=which)
     print(f"{which} {type(model).__name__} ({count_params(model):,} params): name, type, output shape "
           f"for a batch of {Batch.of(sample).size}")
     for name, desc in list_layers(_KeywordCall(model) if isinstance(sample, dict) else model, sample):

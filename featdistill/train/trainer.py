@@ -116,6 +116,7 @@ class Trainer:
         self.partial: dict = {}  # sums of a part-done epoch, restored by resume
         self._pending_rng: dict | None = None  # mid-epoch resume: restored once the epoch's iterator exists
         self.history: list[dict] = []
+        self._unit = "seq/s" if is_text_loader(loaders.val) else "img/s"  # a text sample is one block of tokens
         self._tb: TensorBoardLog | None = None  # train.log=['tensorboard']: opened at the first record
         if run_dir is not None and "tensorboard" in getattr(train, "log", ()):
             require_tensorboard()  # now, not after the first epoch
@@ -213,7 +214,7 @@ class Trainer:
                 records.append({"kind": "step", "epoch": epoch, "step": epoch * self.steps + i, "lr": lr, **terms})
                 rate = seen * self.world.size / max(time.perf_counter() - start, 1e-9)
                 shown = {k.replace("feat/", ""): f"{v / seen:.3f}" for k, v in sums.items()}
-                bar.set_postfix(shown | {"img/s": f"{rate:.0f}"}, refresh=False)
+                bar.set_postfix(shown | {self._unit: f"{rate:.0f}"}, refresh=False)
                 if self._signalled(stop) is not None and i + 1 < self.steps:
                     self._stop(self._signalled(stop), (epoch, i + 1), records, {
                         "sums": sums, "seen": seen, "elapsed": before + time.perf_counter() - start})
@@ -234,7 +235,7 @@ class Trainer:
                 held = f"val {val:.2%}" if lm is None else \
                     f"val {lm['loss']:.3f} nats/token, {lm['bits_per_byte']:.3f} bits/byte"
                 print(f"{self.desc} epoch {epoch + 1}/{train.epochs}: {held}  {shown}  "
-                      f"({elapsed:.1f} s, {summary['images_per_s']:.0f} img/s)", flush=True)
+                      f"({elapsed:.1f} s, {summary['images_per_s']:.0f} {self._unit})", flush=True)
             if self.run_dir:
                 atomic_save(self.state((epoch + 1, 0)), self.run_dir / CHECKPOINT)
             if self.world.distributed:

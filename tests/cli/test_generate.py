@@ -111,6 +111,11 @@ def test_generate_refuses_bad_settings_and_image_recipes(recipe, tmp_path, capsy
     assert not (tmp_path / "cache").exists()  # all refused before any teacher was trained
 
 
+def test_layers_of_a_synthetic_recipe_list_before_its_text_is_generated(recipe, capsys):
+    assert run([str(recipe), "--list-layers", "student"]) == 0  # the vocabulary comes from the real text
+    assert "transformer.h.0" in capsys.readouterr().out
+
+
 def test_synthetic_recipe_shares_the_teacher_of_lm_to_small_lm():
     plain, synthetic = load_recipe(RECIPES / "lm_to_small_lm.py"), load_recipe(RECIPES / "lm_synthetic.py")
     assert cache_path(plain) == cache_path(synthetic) and synthetic.data.train_root
