@@ -9,6 +9,7 @@ what given pairs read (``inspect``, ``report.html``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from torch import nn
 from ..capture import uniform_mapping
 from ..config import Pair
 from ..errors import FeatdistillError
+from ..losses import LOSSES
 from .cka import best_pairing, cka_matrix, linear_cka, pairing_score
 from .layers import candidate_layers, layer_features, pair_features
 
@@ -44,6 +46,14 @@ def measure_cka(teacher: nn.Module, student: nn.Module, x: Any, student_layers: 
                 teacher_layers: Sequence[str] | None = None) -> tuple[list[str], list[str], torch.Tensor]:
     """``(student layers, teacher layers, cka [S, T] float64 on the CPU)`` on the batch ``x [N, ...]`` (a tensor or a
     dict of model inputs); the layers default to each model's candidates (stages, else blocks)."""
+    s_feats, t_feats = _features(teacher, student, x, student_layers, teacher_layers)
+    return list(s_feats), list(t_feats), cka_matrix(s_feats, t_feats).cpu()
+
+
+def _features(teacher: nn.Module, student: nn.Module, x: Any, student_layers: Sequence[str] | None = None,
+              teacher_layers: Sequence[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``({student layer: feature [N, ...]}, {teacher layer: feature [N, ...]})``, shallow -> deep, one eval forward
+    of each model on ``x``."""
     x = _inputs(x)
     if _size(x) < MIN_SAMPLES:
         raise FeatdistillError(f"the CKA pairing needs a batch of at least {MIN_SAMPLES} samples to compare layers "
@@ -53,7 +63,21 @@ def measure_cka(teacher: nn.Module, student: nn.Module, x: Any, student_layers: 
     t_layers = list(teacher_layers or candidate_layers(teacher))
     t_feats = layer_features(teacher, t_layers, x)
     s_feats = layer_features(student, s_layers, x)
-    return s_layers, t_layers, cka_matrix(s_feats, t_feats).cpu()
+    return {n: s_feats[n] for n in s_layers}, {n: t_feats[n] for n in t_layers}
+
+
+def _positions(feat: torch.Tensor) -> int:
+    """Positions of one sample of ``feat [N, ...]``: H*W of maps ``[N, C, H, W]``, T of tokens ``[N, T, C]``, 1 of
+    vectors ``[N, C]`` (the product of the trailing dims of higher-rank maps ``[N, C, D, H, W]``)."""
+    shape = tuple(feat.shape[1:])
+    return shape[0] if len(shape) == 2 else math.prod(shape[1:])
+
+
+def _channel_free(loss: Any) -> bool:
+    """Whether ``loss`` (a registered name, a ``Loss`` class or instance, or a function marked by ``declares``)
+    compares where energy sits across positions."""
+    entry = LOSSES.get(loss) if isinstance(loss, str) else loss
+    return bool(getattr(entry, "channel_free", False))
 
 
 def cka_pairs(teacher: nn.Module | None, student: nn.Module, x: Any, n_pairs: int | None = None, loss="mse",
@@ -65,11 +89,20 @@ def cka_pairs(teacher: nn.Module | None, student: nn.Module, x: Any, n_pairs: in
         x: the fixed batch both run on (a tensor, a dict of model inputs or a ``Batch``; at least ``MIN_SAMPLES``).
         n_pairs: keep this many student layers, evenly spaced and always including the last (as ``auto_pairs``),
             and pair those by CKA.
-        loss, adapter, weight, **pair_kwargs: given to every ``Pair``.
+        loss, adapter, weight, **pair_kwargs: given to every ``Pair``. A ``channel_free`` loss (attention
+            transfer: it compares positions) leaves out the candidate layers, on both sides, whose feature has one
+            position (maps ``[N, C, 1, 1]``, vectors ``[N, C]``): there its loss is always 0 and the plan refuses
+            it. ``n_pairs`` then spaces over the remaining student layers (the last remaining one kept).
 
     Returns:
-        ``(pairs, notes)``: one note per pair (``"student blocks.1 (2/3) <-> teacher blocks.2 (3/3): CKA 0.81"``),
-        then the mean CKA beside the uniform-depth pairing's, then why (``CKA_WHY``).
+        ``(pairs, notes)``: one note per pair (``"student blocks.1 (2/3) <-> teacher blocks.2 (3/3): CKA 0.81"``,
+        the depth among all candidates), then the mean CKA beside the uniform-depth pairing's, then the layers
+        left out (if any), then why (``CKA_WHY``).
+
+    Raises:
+        FeatdistillError: a side has no candidate layer left for a ``channel_free`` loss (use another loss, e.g.
+            ``loss='mse', normalize='teacher'``, or explicit pairs), a batch under ``MIN_SAMPLES``, a bad
+            ``n_pairs``.
     """
     clash = sorted({"student", "teacher", "name"} & set(pair_kwargs))
     if clash:
@@ -77,7 +110,27 @@ def cka_pairs(teacher: nn.Module | None, student: nn.Module, x: Any, n_pairs: in
     if teacher is None:
         raise FeatdistillError("pairs='cka' measures the teacher's layers, but this teacher has no model; "
                                "pass the pairs explicitly")
-    s_layers, t_layers, cka = measure_cka(teacher, student, x)
+    s_feats, t_feats = _features(teacher, student, x)
+    depth = {"student": {n: (i, len(s_feats)) for i, n in enumerate(s_feats)},
+             "teacher": {n: (i, len(t_feats)) for i, n in enumerate(t_feats)}}
+    left_out = []
+    if _channel_free(loss):  # one position: the normalised map is constant, the loss always 0 (the plan refuses it)
+        name = loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)
+        flat = {side: [n for n, f in feats.items() if _positions(f) == 1]
+                for side, feats in (("student", s_feats), ("teacher", t_feats))}
+        for side, feats in (("student", s_feats), ("teacher", t_feats)):
+            if len(flat[side]) == len(feats):
+                shapes = ", ".join(f"{n} {list(f.shape[1:])}" for n, f in feats.items())
+                raise FeatdistillError(
+                    f"pairs='cka' with loss={name!r}: every {side} candidate layer has a single position ({shapes}), "
+                    f"but {name} compares positions, so its loss would always be 0; use another loss (e.g. "
+                    "loss='mse' with normalize='teacher') or pass the pairs explicitly")
+        s_feats = {n: f for n, f in s_feats.items() if n not in flat["student"]}
+        t_feats = {n: f for n, f in t_feats.items() if n not in flat["teacher"]}
+        if flat["student"] or flat["teacher"]:
+            left_out.append(f"left out (one position: {name} compares positions): " + ", ".join(
+                [f"student {n}" for n in flat["student"]] + [f"teacher {n}" for n in flat["teacher"]]))
+    s_layers, t_layers, cka = list(s_feats), list(t_feats), cka_matrix(s_feats, t_feats).cpu()
     ns, nt = len(s_layers), len(t_layers)
     rows = list(range(ns))
     if n_pairs is not None:
@@ -91,11 +144,13 @@ def cka_pairs(teacher: nn.Module | None, student: nn.Module, x: Any, n_pairs: in
     for i, j in pairing:
         pairs.append(Pair(student=s_layers[i], teacher=t_layers[j], loss=loss, adapter=adapter, weight=weight,
                           **pair_kwargs))
-        notes.append(f"student {s_layers[i]} ({i + 1}/{ns}) <-> teacher {t_layers[j]} ({j + 1}/{nt}): "
+        (si, sn), (ti, tn) = depth["student"][s_layers[i]], depth["teacher"][t_layers[j]]
+        notes.append(f"student {s_layers[i]} ({si + 1}/{sn}) <-> teacher {t_layers[j]} ({ti + 1}/{tn}): "
                      f"CKA {float(cka[i, j]):.2f}")
     k = len(pairing)
     notes.append(f"mean CKA {pairing_score(cka, pairing) / k:.2f} on a fixed batch of {_size(_inputs(x))} inputs "
                  f"(uniform-depth pairing of the same layers: {pairing_score(cka, uniform) / k:.2f})")
+    notes += left_out
     notes.append(CKA_WHY)
     return pairs, notes
 

@@ -1,6 +1,7 @@
 """Pairs chosen by linear CKA (``pairs='cka'``): on tiny models whose student layers are, by construction, a teacher
 layer up to an orthogonal transform and a scale, the pairing finds those layers; the Distiller builds them and
-its plan shows each pair's CKA and why."""
+its plan shows each pair's CKA and why. A loss that compares positions (attention transfer) never gets a layer
+with a single position (1x1 maps, vectors)."""
 
 import copy
 
@@ -12,6 +13,7 @@ from featdistill import AutoPairs
 from featdistill.analysis import cka_pairs, measure_cka
 from featdistill.distill import Distiller
 from featdistill.errors import FeatdistillError
+from featdistill.losses import Loss
 
 WIDTH = 16
 
@@ -113,3 +115,99 @@ def test_too_small_a_batch_is_refused_with_the_fix(models):
         Distiller(teacher, student, "cka", sample_input=x[:2])
     with pytest.raises(FeatdistillError, match="AutoPairs.by must be one of.*Did you mean 'cka'"):
         Distiller(teacher, student, AutoPairs(by="cak"), sample_input=x)
+
+
+class ConvBlock(nn.Module):
+    """conv 3x3 (stride 2 halves the map) + ReLU; ``pool`` ends at a 1x1 map, as a ResNet's last stage on small
+    images."""
+
+    def __init__(self, c_in, c_out, stride=1, pool=False):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1) if pool else nn.Identity()
+
+    def forward(self, x):
+        return self.pool(torch.relu(self.conv(x)))
+
+
+class ConvNet(nn.Module):
+    """Stages ``layer1`` ... (each an ``nn.Sequential`` of ``*Block``s: the candidate layers), then a linear head."""
+
+    def __init__(self, stages):
+        super().__init__()
+        for i, blocks in enumerate(stages, 1):
+            setattr(self, f"layer{i}", nn.Sequential(*blocks))
+        self.n = len(stages)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        for i in range(1, self.n + 1):
+            x = getattr(self, f"layer{i}")(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture
+def cnns():
+    """On 8x8 images a 4-stage teacher (8x8, 4x4, 2x2, 1x1) and a 3-stage student (8x8, 4x4, 1x1) whose stages are
+    copies of the teacher's: student layer3 is teacher layer3 + layer4, so it reproduces teacher layer4 (CKA 1)."""
+    torch.manual_seed(0)
+    teacher = ConvNet([[ConvBlock(3, 8)], [ConvBlock(8, 8, 2)], [ConvBlock(8, 8, 2)], [ConvBlock(8, 8, pool=True)]])
+    t = copy.deepcopy(teacher)
+    student = ConvNet([list(t.layer1), list(t.layer2), [t.layer3[0], t.layer4[0]]])
+    x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    return teacher, student, x
+
+
+LEFT_OUT = "left out (one position: attention_transfer compares positions): student layer3, teacher layer4"
+
+
+def test_a_position_loss_never_gets_a_1x1_layer_and_the_notes_say_so(cnns):
+    teacher, student, x = cnns
+    # mse compares channels too: the 1x1 layers stay candidates, and the student's last stage finds teacher layer4
+    pairs, notes = cka_pairs(teacher, student, x, loss="mse")
+    assert [(p.student, p.teacher) for p in pairs] == [("layer1", "layer1"), ("layer2", "layer2"),
+                                                       ("layer3", "layer4")]
+    assert not any(n.startswith("left out") for n in notes)
+    pairs, notes = cka_pairs(teacher, student, x, loss="attention_transfer")
+    assert [(p.student, p.teacher) for p in pairs] == [("layer1", "layer1"), ("layer2", "layer2")]
+    assert notes[0] == "student layer1 (1/3) <-> teacher layer1 (1/4): CKA 1.00"  # depth among all candidates
+    assert notes[-2] == LEFT_OUT and notes[-1].startswith("why: ")
+    # n_pairs spaces over the remaining student layers and keeps the last remaining one
+    pairs, _ = cka_pairs(teacher, student, x, n_pairs=1, loss="at")
+    assert [(p.student, p.teacher) for p in pairs] == [("layer2", "layer2")]
+    with pytest.raises(FeatdistillError, match=r"2 student layers to choose from \(layer1, layer2\); use 1 <= n_pairs"):
+        cka_pairs(teacher, student, x, n_pairs=3, loss="attention_transfer")
+
+    class Positions(Loss):  # a Loss class (or instance) declaring channel_free counts as a name does
+        channel_free = True
+
+    for loss in (Positions, Positions()):
+        pairs, notes = cka_pairs(teacher, student, x, loss=loss)
+        assert [p.student for p in pairs] == ["layer1", "layer2"]
+        assert notes[-2] == "left out (one position: Positions compares positions): student layer3, teacher layer4"
+
+
+def test_the_distiller_builds_attention_transfer_cka_pairs(cnns):
+    teacher, student, x = cnns
+    auto = AutoPairs(by="cka", loss="attention_transfer", n_pairs=2, weight="auto", auto_ratio=0.25)
+    with Distiller(teacher, student, auto, sample_input=x) as d:
+        assert [p.key for p in d.pairs] == ["layer1~layer1", "layer2~layer2"]
+        plan = d.plan()
+        out = d(x[:8], torch.zeros(8, dtype=torch.long))
+    assert LEFT_OUT in plan
+    assert set(out) >= {"loss", "feat/layer1~layer1", "feat/layer2~layer2"} and torch.isfinite(out["loss"])
+
+
+def test_only_single_position_candidates_are_refused_with_the_fix(models, cnns):
+    teacher, student, x = models  # vectors [N, 16]: one position each
+    with pytest.raises(FeatdistillError, match=r"every student candidate layer has a single position "
+                                               r"\(blocks.0 \[16\], blocks.1 \[16\]\).*loss='mse' with "
+                                               r"normalize='teacher'.*explicit"):
+        cka_pairs(teacher, student, x, loss="attention_transfer")
+    teacher, student, x = cnns  # on 1x1 images every stage is 1x1
+    with pytest.raises(FeatdistillError, match="every student candidate layer has a single position"):
+        Distiller(teacher, student, AutoPairs(by="cka", loss="attention_transfer"), sample_input=x[:, :, :1, :1])
+    flat_teacher = ConvNet([[ConvBlock(3, 8, pool=True)], [ConvBlock(8, 8)]])  # 1x1 from its first stage on
+    with pytest.raises(FeatdistillError, match=r"every teacher candidate layer has a single position \(layer1 "
+                                               r"\[8, 1, 1\], layer2 \[8, 1, 1\]\)"):
+        cka_pairs(flat_teacher, student, x, loss="attention_transfer")
