@@ -2,6 +2,9 @@
     alone   the student with cross-entropy only (the floor: no teacher at all)
     live    the recipe as shipped (logit KD + its feature pairs), the teacher running on every batch
     cached  the same, the teacher's outputs read from a `TeacherCache` (recorded first, timed apart)
+    cached_logit  logit KD only (pairs=[]) from its own cache: what is left is the student's own side of KD, so
+            cached - cached_logit is what the feature pairs cost and cached_logit - alone what the logit term and
+            reading the cache cost
 over the recipe's real training loader (data loading included). Each round runs one epoch of every mode in a
 shuffled order (drift on a shared machine hits all alike); the table gives median epoch seconds and each mode's
 median ratio to `alone` within a round. The cache's recording (one teacher pass per view) is timed once, beside.
@@ -61,14 +64,17 @@ def recipe_cost(path: str, views: int, rounds: int, warmup: int, device: torch.d
     teacher, source = prepare_teacher(recipe, loaders, device, quiet=True)
     sample = Batch.of(sample_batch(recipe.data, 2)).inputs
     students = {}
-    for mode in ("alone", "live", "cached"):
+    for mode in ("alone", "live", "cached", "cached_logit"):
         torch.manual_seed(recipe.train.seed)
         students[mode] = build_model(recipe.student, loaders.num_classes, loaders.in_chans, where="student")
     live = build_distiller(recipe, teacher, students["live"], sample, len(loaders.train.dataset))
     start = time.perf_counter()
     cached, _, note = cached_distiller(recipe, teacher, students["cached"], loaders, device, sample)
     record_s = time.perf_counter() - start
+    logit_only = apply_overrides(recipe, ["pairs=[]"])
+    cached_logit, _, _ = cached_distiller(logit_only, teacher, students["cached_logit"], loaders, device, sample)
     loaders.on_epoch.append(cached.teacher_source.set_epoch)
+    loaders.on_epoch.append(cached_logit.teacher_source.set_epoch)
     box = [0]
     alone = students["alone"]
     modes = {
@@ -78,6 +84,8 @@ def recipe_cost(path: str, views: int, rounds: int, warmup: int, device: torch.d
                          box),
         "cached": epoch_of(loaders, cached, lambda b: cached(b)["loss"],
                            make_optimizer(cached.parameters(), recipe.train), box),
+        "cached_logit": epoch_of(loaders, cached_logit, lambda b: cached_logit(b)["loss"],
+                                 make_optimizer(cached_logit.parameters(), recipe.train), box),
     }
     rounds_done = []
 
@@ -91,7 +99,7 @@ def recipe_cost(path: str, views: int, rounds: int, warmup: int, device: torch.d
 
     times = measure({k: advancing(k, v) for k, v in modes.items()}, rounds, warmup, device.type)
     ratios = {k: statistics.median(t / a for t, a in zip(times[k], times["alone"])) for k in modes}
-    live.close(), cached.close()
+    live.close(), cached.close(), cached_logit.close()
     return {"recipe": Path(path).stem, "views": views, "teacher": source, "record_seconds": record_s,
             "train_samples": len(loaders.train.dataset), "cache_note": note,
             "median_epoch_s": {k: statistics.median(v) for k, v in times.items()}, "ratio_to_alone": ratios,
@@ -103,7 +111,7 @@ def markdown(results: list[dict], meta: dict) -> str:
              f"rounds after {meta['warmup']} warm-up; {meta['machine']})", "",
              "| recipe | mode | median epoch s | vs student alone |", "|---|---|---:|---:|"]
     for r in results:
-        for mode in ("alone", "live", "cached"):
+        for mode in ("alone", "live", "cached", "cached_logit"):
             lines.append(f"| {r['recipe']} | {mode} | {r['median_epoch_s'][mode]:.2f} | "
                          f"{r['ratio_to_alone'][mode]:.3f}x |")
         lines.append(f"| {r['recipe']} | recording {r['views']} view(s) | {r['record_seconds']:.2f} | "
