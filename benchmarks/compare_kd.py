@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                    help="no training: combine earlier results (the modes they share) into one table and chart")
     args = p.parse_args(argv)
+    # the runs' report.html without its analysis (dark knowledge, CKA): seconds per run that no table reads
+    os.environ.setdefault("FEATDISTILL_REPORT_BUDGET", "0")
     if args.jobs is None:
         args.jobs = 1 if torch.cuda.is_available() else (os.cpu_count() or 1)
     if args.jobs < 1:
