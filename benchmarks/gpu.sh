@@ -43,6 +43,7 @@ if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; th
 else
   echo "== torchrun_2gpu: one device visible, not run" | tee "$OUT/torchrun_2gpu.log"
 fi
+step teacher_cost 150 python benchmarks/teacher_cost.py recipes/vit_to_deit.py --rounds 5 --warmup 1 --out "$OUT"
 step vit_to_deit_cuda 120 python -m featdistill.run recipes/vit_to_deit.py --device cuda --quiet \
   --out "$OUT/vit_to_deit_cuda" --set train.epochs=5 --set train.amp=bf16
 exit $status

@@ -42,13 +42,13 @@ from featdistill.train.trainer import make_optimizer
 OUT = Path(__file__).resolve().parent / "out"
 
 
-def epoch_of(loaders, module, loss_of, optimizer, round_box):
+def epoch_of(loaders, module, loss_of, optimizer, round_box, device):
     """One training epoch of ``module`` over the train loader, at the epoch ``round_box[0]`` (views follow it)."""
     def run():
         loaders.set_epoch(round_box[0])
         module.train()
         for raw in loaders.train:
-            loss = loss_of(Batch.of(raw))
+            loss = loss_of(Batch.of(raw).to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -62,11 +62,12 @@ def recipe_cost(path: str, views: int, rounds: int, warmup: int, device: torch.d
     recipe = apply_overrides(load_recipe(Path(path)), [f"teacher_cache.views={views}", *overrides])
     loaders = train_loaders(recipe)
     teacher, source = prepare_teacher(recipe, loaders, device, quiet=True)
-    sample = Batch.of(sample_batch(recipe.data, 2)).inputs
+    sample = Batch.of(sample_batch(recipe.data, 2)).to(device).inputs
     students = {}
     for mode in ("alone", "live", "cached", "cached_logit"):
         torch.manual_seed(recipe.train.seed)
-        students[mode] = build_model(recipe.student, loaders.num_classes, loaders.in_chans, where="student")
+        students[mode] = build_model(recipe.student, loaders.num_classes, loaders.in_chans,
+                                     where="student").to(device)
     live = build_distiller(recipe, teacher, students["live"], sample, len(loaders.train.dataset))
     start = time.perf_counter()
     cached, _, note = cached_distiller(recipe, teacher, students["cached"], loaders, device, sample)
@@ -79,13 +80,13 @@ def recipe_cost(path: str, views: int, rounds: int, warmup: int, device: torch.d
     alone = students["alone"]
     modes = {
         "alone": epoch_of(loaders, alone, lambda b: F.cross_entropy(alone(b.inputs), b.labels),
-                          make_optimizer(alone.parameters(), recipe.train), box),
+                          make_optimizer(alone.parameters(), recipe.train), box, device),
         "live": epoch_of(loaders, live, lambda b: live(b)["loss"], make_optimizer(live.parameters(), recipe.train),
-                         box),
+                         box, device),
         "cached": epoch_of(loaders, cached, lambda b: cached(b)["loss"],
-                           make_optimizer(cached.parameters(), recipe.train), box),
+                           make_optimizer(cached.parameters(), recipe.train), box, device),
         "cached_logit": epoch_of(loaders, cached_logit, lambda b: cached_logit(b)["loss"],
-                                 make_optimizer(cached_logit.parameters(), recipe.train), box),
+                                 make_optimizer(cached_logit.parameters(), recipe.train), box, device),
     }
     rounds_done = []
 
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--tag", default="teacher_cost")
+    p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results = []
@@ -143,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__}
     table = markdown(results, meta)
     print(table)
-    OUT.mkdir(exist_ok=True)
-    (OUT / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    (OUT / f"{args.tag}.md").write_text(f"```\n{meta['command']}\n```\n\n{table}\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.tag}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    (args.out / f"{args.tag}.md").write_text(f"```\n{meta['command']}\n```\n\n{table}\n")
     return 0
 
 
