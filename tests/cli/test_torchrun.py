@@ -128,3 +128,20 @@ def test_a_user_error_on_one_rank_ends_the_job_with_exit_2(tmp_path):
     assert "exitcode  : 1" not in output and "internal error" not in output  # rank 0 ends with rank 1's code 2
     assert f'File "{ROOT / "featdistill"}' not in output  # a message, not a traceback from featdistill's code
     assert seconds < 100, f"the job took {seconds:.0f} s to end"
+
+
+def test_a_teacher_output_cache_is_recorded_once_and_reused_under_torchrun(resumed_job):
+    """Rank 0 records the cache while the other waits, both train from it; a second job reuses it (every rank takes
+    the same path through the collectives) and trains the same student."""
+    tmp = resumed_job[0]  # its cache holds the trained teacher
+    env, args = job_env(tmp), [VIT, *SHRUNK, "--set", "train.epochs=1", "--set", "teacher_cache.views=1"]
+    first = torchrun([*args, "--out", str(tmp / "runs" / "cached1")], env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "teacher outputs: recording 1 view(s)" in first.stdout and first.stdout.count("recording") == 1
+    second = torchrun([*args, "--out", str(tmp / "runs" / "cached2")], env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "teacher outputs: reusing the cache" in second.stdout and "recording" not in second.stdout
+    accuracy = [json.loads((tmp / "runs" / r / "summary.json").read_text())["student_accuracy"]
+                for r in ("cached1", "cached2")]
+    assert accuracy[0] == accuracy[1]
+    assert len(list((tmp / "cache" / "teacher_outputs").iterdir())) == 1  # one folder, no leftover temporary one
