@@ -23,11 +23,11 @@ from .dark_knowledge import (
     top_pairs,
     worked_example,
 )
-from .layers import candidate_layers, enclosing, layer_features, model_logits, pair_features
+from .layers import candidate_layers, enclosing, layer_features, marked_pairs, model_logits, pair_features
 
 __all__ = [
     "TEMPERATURES", "DarkKnowledge", "analyse", "best_pairing", "candidate_layers", "centered_gram", "cka_matrix",
-    "cka_pairs", "class_matrix", "enclosing", "flatten", "layer_features", "linear_cka", "measure_cka",
+    "cka_pairs", "class_matrix", "enclosing", "flatten", "layer_features", "linear_cka", "marked_pairs", "measure_cka",
     "model_logits", "pair_cka", "pair_features", "pairing_score", "soft_stats", "suggest_temperature", "top_pairs",
     "uniform_pairing", "worked_example",
 ]

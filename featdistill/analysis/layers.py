@@ -36,6 +36,19 @@ def enclosing(name: str, candidates: Sequence[str]) -> str | None:
     return None
 
 
+def marked_pairs(pairs: Sequence, student_layers: Sequence[str], teacher_layers: Sequence[str]
+                 ) -> list[tuple[int, int, str]]:
+    """Where each layer pair of ``pairs`` (``Pair`` objects, multi-layer ones level by level) falls on a CKA map of
+    these candidate layers: ``(student row, teacher column, pair key)``; pairs outside every candidate are left out."""
+    marked = []
+    for p in pairs:
+        for s_name, t_name in zip(p.layers("student"), p.layers("teacher")):
+            i, j = enclosing(s_name, student_layers), enclosing(t_name, teacher_layers)
+            if i is not None and j is not None:
+                marked.append((list(student_layers).index(i), list(teacher_layers).index(j), p.key))
+    return marked
+
+
 def _call(model: nn.Module, x: Any) -> Any:
     return model(**x) if isinstance(x, dict) else model(x)
 

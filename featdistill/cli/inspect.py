@@ -137,12 +137,7 @@ def inspect(args: argparse.Namespace) -> int:
     t_feats = an.layer_features(teacher, t_layers, xb)
     cka = an.cka_matrix(an.layer_features(student, s_layers, xb), t_feats).float().cpu()
     pairs = _pairs(recipe, teacher, student, loaders, device)
-    marked = []
-    for p in pairs:
-        for s_name, t_name in zip(p.layers("student"), p.layers("teacher")):
-            i, j = an.enclosing(s_name, s_layers), an.enclosing(t_name, t_layers)
-            if i is not None and j is not None:
-                marked.append((s_layers.index(i), t_layers.index(j), p.key))
+    marked = an.marked_pairs(pairs, s_layers, t_layers)
     pairs_cka, t_pair = an.pair_cka(pairs, teacher, student, xb) if pairs else ({}, None)
     uniform = an.uniform_pairing(len(s_layers), len(t_layers))
     report = LayerReport(s_layers, t_layers, cka, an.best_pairing(cka), uniform, marked, pairs_cka, int(xb.shape[0]))

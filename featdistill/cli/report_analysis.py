@@ -140,12 +140,7 @@ def _analyse(recipe: Recipe, teacher: nn.Module, student: nn.Module, loaders, de
     t_feats = an.layer_features(teacher, t_layers, x)
     before = an.cka_matrix(an.layer_features(initial, s_layers, x), t_feats).float().cpu()
     after = an.cka_matrix(an.layer_features(student, s_layers, x), t_feats).float().cpu()
-    marked = []
-    for p in pairs:
-        for s_name, t_name in zip(p.layers("student"), p.layers("teacher")):
-            i, j = an.enclosing(s_name, s_layers), an.enclosing(t_name, t_layers)
-            if i is not None and j is not None:
-                marked.append((s_layers.index(i), t_layers.index(j), p.key))
+    marked = an.marked_pairs(pairs, s_layers, t_layers)
     pair_before, t_pair = an.pair_cka(pairs, teacher, initial, x) if pairs else ({}, None)
     report = LayerReport(s_layers, t_layers, before, an.best_pairing(before),
                          an.uniform_pairing(len(s_layers), len(t_layers)), marked, pair_before, n, cka_after=after,
