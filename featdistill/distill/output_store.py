@@ -95,8 +95,11 @@ class StoreWriter:
         (self.tmp / META).write_text(json.dumps(meta, indent=1))
         try:
             os.rename(self.tmp, self.final)
-        except OSError:  # the final name exists: another run filled the same cache meanwhile
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        except OSError:
+            if not self.final.exists():  # a real failure (permissions, another file system): say it, keep nothing
+                self.abandon()
+                raise
+            shutil.rmtree(self.tmp, ignore_errors=True)  # another run filled the same cache meanwhile: keep theirs
         return self.final
 
     def abandon(self) -> None:
