@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
                    pairing_input(recipe, loaders, device)) as checked:
         cache_line = None  # checked before the teacher stage: a cache over its budget is refused here
         if recipe.teacher_cache is not None:
-            cache_line = budget_line(recipe, planned_entries(recipe, checked, sample), len(loaders.train.dataset))
+            cache_line = budget_line(recipe, planned_entries(recipe, checked, sample)[0], len(loaders.train.dataset))
         if args.dry_run:
             unit = (f" blocks of {recipe.data.block_size} tokens, a vocabulary of {loaders.num_classes}"
                     if is_text(recipe.data) else f", {loaders.num_classes} classes")

@@ -6,13 +6,15 @@ values and indices plus one *rest* value per row; and each pair's captured teach
 entry per layer). The rest value ``r`` is chosen so that, at the recipe's temperature ``T``, the ``V - k`` logits
 set to ``r`` carry exactly the probability mass the dropped logits carried:
 ``(V - k) * exp(r / T) = sum_{j not in top k} exp(z_j / T)``, so ``softmax(decoded / T)`` equals
-``softmax(z / T)`` on the top ``k`` classes and in total over the rest.
+``softmax(z / T)`` on the top ``k`` classes and in total over the rest. A pair's feature may be stored as its loss's
+target (the teacher side after the adapter's ``target``, ``normalize`` and the loss's ``teacher_part``: e.g.
+attention transfer's ``[B, H*W]`` map instead of the ``[B, C, H, W]`` feature), so a cached step skips that work.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -74,9 +76,12 @@ def entries_of(encoded: dict[str, torch.Tensor], dtype: str) -> list[Entry]:
 
 
 def fill(writer: StoreWriter, teacher: Teacher, views: Iterable[tuple[int, Iterable]], need_logits: bool,
-         top_k: int | None, temperature: float, device: torch.device, autocast=None) -> None:
+         top_k: int | None, temperature: float, device: torch.device, autocast=None,
+         targets: Callable[[list], list] | None = None) -> None:
     """Run ``teacher`` over every ``(view, loader)`` (loaders yield batches with their sample ``index``) and write
-    its encoded outputs into ``writer``'s rows. ``autocast``: a context-manager factory for the forward."""
+    its encoded outputs into ``writer``'s rows. ``autocast``: a context-manager factory for the forward;
+    ``targets``: maps the captured features to what is stored (each pair's loss target, see
+    ``Distiller.teacher_targets``)."""
     for view, loader in views:
         for raw in loader:
             batch = Batch.of(raw).to(device)
@@ -85,6 +90,8 @@ def fill(writer: StoreWriter, teacher: Teacher, views: Iterable[tuple[int, Itera
                                        "must yield (x, y, index)")
             with torch.no_grad(), (autocast() if autocast else torch.autocast("cpu", enabled=False)):
                 out = teacher(batch, need_logits=need_logits)
+                if targets is not None:
+                    out = out._replace(features=targets(out.features))
             writer.write(view, batch.index, encode(out, top_k, temperature))
 
 
@@ -96,6 +103,9 @@ class CachedTeacher(Teacher):
     def __init__(self, store: OutputStore, model: nn.Module | None = None, num_logits: int | None = None):
         self.store, self.model, self.num_logits, self.view = store, model, num_logits, 0
         self.has_logits = any(e.name in LOGIT_ENTRIES for e in store.entries)
+        # pair i stored as its loss's target (``Distiller.teacher_targets``), captured at the shape raw_shapes gives
+        self.targets: list[bool] | None = store.meta.get("targets")
+        self.raw_shapes: dict[str, list[int]] = store.meta.get("raw_shapes", {})
 
     @property
     def plan_line(self) -> str:
@@ -113,8 +123,10 @@ class CachedTeacher(Teacher):
                                    f"recipe has {len(self.pairs)}; it belongs to another recipe")
 
     def dry_run(self, batch: Batch) -> TeacherOutputs:
-        """Zeros of the stored shapes, for the plan's shape checks: the teacher does not run."""
-        zeros = {e.name: torch.zeros(batch.size, *e.shape) for e in self.store.entries}
+        """Zeros of the captured shapes (before any stored target was made of them), for the plan's shape checks:
+        the teacher does not run."""
+        shapes = {e.name: e.shape for e in self.store.entries} | self.raw_shapes
+        zeros = {name: torch.zeros(batch.size, *shape) for name, shape in shapes.items()}
         return decode(zeros, len(self.pairs), self.num_logits)._replace(logits=None)
 
     def __call__(self, batch: Batch, need_logits: bool = True) -> TeacherOutputs:

@@ -214,19 +214,31 @@ class Distiller(nn.Module):
             task_logits = kd_logits = self.logits_from(s_out)
         else:
             task_logits, kd_logits = split_logits(s_out)
+        t_feats = self.teacher_targets(t_feats, done=getattr(self.teacher_source, "targets", None))
         aligned = []
         for pair, adapter, s, t in zip(self.pairs, self.adapters, s_feats, t_feats):
-            if pair.multi_layer:  # lists of features, shallow -> deep; the loss holds what maps them
-                aligned.append((s, t))
-                continue
-            s, t = adapter(s), adapter.target(t)
-            if pair.normalize is not None:
-                t = channel_layer_norm(t)
+            if not pair.multi_layer:  # a multi-layer loss gets lists of features and holds what maps them
+                s = adapter(s)
                 if pair.normalize == "both":
                     s = channel_layer_norm(s)
             aligned.append((s, t))
         return self.combiner(task_logits, kd_logits, teacher_logits, batch.labels, aligned,
                              needs={"index": batch.index}, mask=batch.mask)
+
+    def teacher_targets(self, features: list, done: list[bool] | None = None) -> list:
+        """Each pair's captured teacher feature as its loss reads it: ``adapter.target`` (e.g. class tokens
+        dropped), the ``normalize`` LayerNorm, then the loss's ``teacher_part`` (attention transfer's map). None of
+        it depends on the student, so a teacher-output cache stores the result; ``done[i]``: pair ``i``'s feature is
+        such a stored target already. A multi-layer pair's list of features is passed as it is."""
+        out = []
+        for i, (pair, adapter, loss, t) in enumerate(zip(self.pairs, self.adapters, self.feature_losses, features)):
+            if not pair.multi_layer and not (done and done[i]):
+                t = adapter.target(t)
+                if pair.normalize is not None:
+                    t = channel_layer_norm(t)
+                t = loss.teacher_part(t)
+            out.append(t)
+        return out
 
     # -- housekeeping -------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Distiller:

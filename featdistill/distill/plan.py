@@ -125,7 +125,7 @@ def plan_pair(pair: Pair, student_feat: torch.Tensor, teacher_feat: torch.Tensor
         try:
             was_training = loss.training
             with torch.no_grad():
-                loss.eval()(out, target)
+                loss.eval()(out, loss.teacher_part(target))
             loss.train(was_training)
         except TypeError as exc:
             raise FeatdistillError(f"pair {pair.key!r}: the loss {planned.loss_name!r} cannot be called with "

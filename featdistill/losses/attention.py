@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ShapeError
-from .base import LOSSES, declares
+from .base import LOSSES, Loss, declares
 from .masking import map_mask, restrict_keys, token_mean
 
 EPS = 1e-8
@@ -25,15 +25,48 @@ def attention_map(x: torch.Tensor, p: int = 2) -> torch.Tensor:
     return F.normalize(x.float().pow(p).mean(dim=1).flatten(1), dim=1)
 
 
-@LOSSES.register("attention_transfer", "at")
-@declares(channel_free=True)
+def energy_map(x: torch.Tensor, p: int = 2) -> torch.Tensor:
+    """Where ``x``'s activation energy sits, L2-normalised: maps ``[B, C, H, W] -> [B, H*W]`` (:func:`attention_map`),
+    tokens ``[B, N, C] -> [B, N]``."""
+    if x.dim() == 3:
+        return F.normalize(x.float().pow(p).mean(dim=-1), dim=1)
+    return attention_map(x, p)
+
+
 def attention_transfer(student_feat: torch.Tensor, teacher_feat: torch.Tensor, p: int = 2) -> torch.Tensor:
     """Attention transfer for maps ``[B, C_s, H, W]`` vs ``[B, C_t, H, W]`` (widths may differ):
     ``(a(s) - a(t)).pow(2).mean()`` with ``a(x) = normalize(x.pow(p).mean(dim=1).flatten(1))``.
     Token inputs ``[B, N, C]`` are handled as in :func:`attention_transfer_tokens`."""
-    if student_feat.dim() == 3:
-        return attention_transfer_tokens(student_feat, teacher_feat, p)
-    return (attention_map(student_feat, p) - attention_map(teacher_feat, p)).pow(2).mean()
+    return (energy_map(student_feat, p) - energy_map(teacher_feat, p)).pow(2).mean()
+
+
+@LOSSES.register("attention_transfer", "at")
+class AttentionTransfer(Loss):
+    """Attention transfer (Zagoruyko & Komodakis, ICLR 2017): the squared distance between where the student's and
+    the teacher's activation energy sits, ``mean((a(s) - a(t))^2)`` with ``a(x) = normalize(mean_c x^p)``, for maps
+    ``[B, C, H, W]`` (``a: [B, H*W]``) or tokens ``[B, N, C]`` (``a: [B, N]``); widths may differ.
+
+    The teacher's map ``a(t)`` is its :meth:`teacher_part`: a teacher-output cache stores ``[B, H*W]`` instead of
+    the ``[B, C_t, H, W]`` feature. Equal to :func:`attention_transfer` on raw features."""
+
+    channel_free = True
+
+    def __init__(self, p: int = 2):
+        super().__init__()
+        self.p = p
+
+    def teacher_part(self, teacher: torch.Tensor) -> torch.Tensor:
+        return energy_map(teacher, self.p)
+
+    def forward(self, student: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+        return (energy_map(student, self.p) - teacher_map.float()).pow(2).mean()
+
+    @property
+    def label(self) -> str:
+        return "attention_transfer"
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}" if self.p != 2 else ""
 
 
 @LOSSES.register("attention_transfer_tokens")

@@ -54,6 +54,12 @@ class Loss(nn.Module):
     def build(cls, student_shape: Sequence[int], teacher_shape: Sequence[int], **kwargs: Any) -> Loss:
         return cls(**kwargs)
 
+    def teacher_part(self, teacher: torch.Tensor) -> torch.Tensor:
+        """What the loss computes from the teacher's feature alone, parameter-free (attention transfer's normalised
+        map ``[B, H*W]``); ``forward`` receives its output as ``teacher``. The Distiller applies it on every live
+        step; a teacher-output cache stores its result, so a cached step never computes it. Default: the feature."""
+        return teacher
+
     @property
     def has_parameters(self) -> bool:
         return any(True for _ in self.parameters())

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from featdistill import ADAPTERS, ShapeError, UnknownNameError
 from featdistill.adapters import Layout, auto_kind, build_adapter, split_tokens
@@ -96,3 +97,22 @@ def test_unknown_adapter_and_custom_factory():
         build_adapter("conv1x2", (8, 4, 4), (16, 4, 4))
     adapter = build_adapter(lambda s, t: torch.nn.Conv2d(s[0], t[0], 3, padding=1), (8, 4, 4), (16, 4, 4))
     assert adapter(torch.randn(1, 8, 4, 4)).shape == (1, 16, 4, 4)
+
+
+@pytest.mark.parametrize("s_grid, t_grid", [((4, 4), (8, 8)), ((8, 8), (4, 4)), ((3, 3), (5, 5)), ((6, 6), (4, 4))])
+def test_token_adapters_equal_resize_then_project_on_either_grid(s_grid, t_grid):
+    """The adapters project on the smaller grid; the map they compute is still ``linear(resize(x))`` written out."""
+    torch.manual_seed(0)
+    n_s, n_t = s_grid[0] * s_grid[1], t_grid[0] * t_grid[1]
+    tokens = ADAPTERS.get("tokens")((2 + n_s, 16), (1 + n_t, 24), student_prefix=2, student_grid=s_grid,
+                                    teacher_prefix=1, teacher_grid=t_grid)
+    x = torch.randn(3, 2 + n_s, 16)
+    grid = x[:, 2:].reshape(3, *s_grid, 16).permute(0, 3, 1, 2)
+    mode = dict(mode="area") if s_grid[0] % t_grid[0] == 0 else dict(mode="bilinear", align_corners=False)
+    resized = F.interpolate(grid, size=t_grid, **mode).flatten(2).transpose(1, 2)  # [B, n_t, 16]
+    expected = resized @ tokens.proj.weight.T + tokens.proj.bias
+    assert torch.allclose(tokens(x), expected, atol=1e-5)
+
+    to_tokens = ADAPTERS.get("map_to_tokens")((16, *s_grid), (1 + n_t, 24), teacher_prefix=1, teacher_grid=t_grid)
+    expected = F.interpolate(grid, size=t_grid, **mode).flatten(2).transpose(1, 2) @ to_tokens.proj.weight.T
+    assert torch.allclose(to_tokens(grid), expected + to_tokens.proj.bias, atol=1e-5)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featdistill import Distiller, LogitKD, Pair
+from featdistill.cli.teacher_outputs import stored_targets
 from featdistill.distill.cached_teacher import CachedTeacher, decode, encode, entries_of, fill
 from featdistill.distill.output_store import DamagedCache, OutputStore, StoreWriter, file_name
 from featdistill.distill.teachers import TeacherOutputs
@@ -69,23 +70,30 @@ def _batches(n: int = 12, size: int = 4, seed: int = 0):
     return [(x[index[i:i + size]], y[index[i:i + size]], index[i:i + size]) for i in range(0, n, size)]
 
 
-def _filled(tmp_path, distiller, views, dtype="float16", top_k=None):
+def _filled(tmp_path, distiller, views, dtype="float16", top_k=None, targets=False):
+    """A store of ``distiller``'s teacher outputs; ``targets``: pairs stored as their loss targets, as the runner
+    stores them (cli/teacher_outputs.py)."""
     out = distiller.teacher_source(distiller._batch(*views[0][1][0]), need_logits=True)
-    entries = entries_of(encode(out, top_k, 4.0), dtype)
-    writer = StoreWriter(tmp_path / "tmp", tmp_path / "store", entries, 12, len(views), {"k": 1})
-    fill(writer, distiller.teacher_source, views, True, top_k, 4.0, torch.device("cpu"))
-    return OutputStore.open(writer.commit(), {"k": 1})
+    stored, make = stored_targets(distiller) if targets else ([False] * len(distiller.pairs), None)
+    raw = encode(out, top_k, 4.0)
+    encoded = encode(out._replace(features=make(out.features)), top_k, 4.0) if targets else raw
+    extra = {"targets": stored, "raw_shapes": {n: list(raw[n].shape[1:]) for n in encoded
+                                               if n.startswith("pair") and stored[int(n[4:].split(".")[0])]}}
+    writer = StoreWriter(tmp_path / "tmp", tmp_path / "store", entries_of(encoded, dtype), 12, len(views), {"k": 1})
+    fill(writer, distiller.teacher_source, views, True, top_k, 4.0, torch.device("cpu"), targets=make)
+    return OutputStore.open(writer.commit(extra), {"k": 1})
 
 
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
 @pytest.mark.parametrize("dtype,tol", [("float16", 3e-3), ("float32", 1e-6)])
-def test_the_cached_path_gives_the_live_loss_terms(case, dtype, tol, tmp_path):
+@pytest.mark.parametrize("targets", [False, True], ids=["features", "targets"])
+def test_the_cached_path_gives_the_live_loss_terms(case, dtype, tol, targets, tmp_path):
     make_teacher, make_student, pairs = CASES[case]
     torch.manual_seed(0)
     teacher, student = make_teacher(), make_student()
     views = [(0, _batches(seed=0)), (1, _batches(seed=1))]  # two views: the same indices, other images
     distiller = Distiller(teacher, student, pairs, kd=LogitKD(), sample_input=views[0][1][0][0]).eval()
-    store = _filled(tmp_path, distiller, views, dtype)
+    store = _filled(tmp_path, distiller, views, dtype, targets=targets)
     live = {}
     for view, batches in views:
         for i, (x, y, index) in enumerate(batches):
@@ -165,3 +173,41 @@ def test_an_unfinished_fill_is_not_committed(tmp_path):
     with pytest.raises(RuntimeError, match="4 cache rows were never written"):
         writer.commit()
     assert not (tmp_path / "store").exists()
+
+
+def test_targets_are_stored_in_place_of_features_and_a_new_plan_reads_the_captured_shapes(tmp_path):
+    """What a stored target is: attention transfer's [H*W] map (not the [C, H, W] feature), a ViT pair's patch
+    tokens layer-normalised (no class token); a Distiller planned from that cache alone (the warm path) builds the
+    same adapters and gives the live loss terms."""
+    torch.manual_seed(0)
+    views = [(0, _batches())]
+    maps = CASES["maps"]
+    distiller = Distiller(maps[0](), maps[1](), maps[2], kd=LogitKD(), sample_input=views[0][1][0][0]).eval()
+    store = _filled(tmp_path / "maps", distiller, views, "float32", targets=True)
+    shapes = {e.name: e.shape for e in store.entries}
+    assert shapes["pair1"] == (16 * 16,) and shapes["pair0"] == (16, 8, 8)  # the at map; mse keeps the feature
+    teacher_model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=2, depth=2,
+                                      embed_dim=32, num_heads=2, num_classes=10)  # 1 + 8x8 tokens vs 1 + 4x4
+    vit_distiller = Distiller(teacher_model, vit(2, 16), [Pair("blocks.1", "blocks.1", normalize="teacher")],
+                              sample_input=views[0][1][0][0]).eval()
+    tstore = _filled(tmp_path / "tokens", vit_distiller, views, "float32", targets=True)
+    x, y, index = views[0][1][0]
+    raw = vit_distiller.teacher_source(vit_distiller._batch(x, y, index)).features[0]
+    source = CachedTeacher(tstore, teacher_model, 10)
+    source.bind(vit_distiller.pairs)
+    target = source(vit_distiller._batch(x, y, index)).features[0]
+    assert raw.shape[1] == target.shape[1] + 1  # the class token is not stored
+    torch.testing.assert_close(target, F.layer_norm(raw[:, 1:], raw.shape[-1:]), rtol=1e-5, atol=1e-5)
+
+    live = {}
+    with torch.no_grad():
+        for i, (x, y, index) in enumerate(views[0][1]):
+            live[i] = distiller(x, y, index)
+    torch.manual_seed(1)
+    warm = Distiller(CachedTeacher(store, None, 10), maps[1](), maps[2], kd=LogitKD(),
+                     sample_input=views[0][1][0][0]).eval()
+    warm.load_state_dict(distiller.state_dict())  # the same student and adapters: only the teacher's side differs
+    with torch.no_grad():
+        for i, (x, y, index) in enumerate(views[0][1]):
+            for name, value in warm(x, y, index).items():
+                torch.testing.assert_close(value, live[i][name], rtol=1e-5, atol=1e-5, msg=name)

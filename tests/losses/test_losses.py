@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from featdistill import LOSSES, UnknownNameError, kd_loss
-from featdistill.losses import attention_transfer, attention_transfer_tokens, cosine, mse, smooth_l1
+from featdistill.losses import attention_transfer, attention_transfer_tokens, build_loss, cosine, mse, smooth_l1
 
 
 def test_soft_targets_match_design_numbers():
@@ -97,6 +97,26 @@ def test_attention_transfer_tokens():
     a_t = F.normalize(t.pow(2).mean(-1), dim=1)
     assert torch.allclose(attention_transfer_tokens(s, t), (a_s - a_t).pow(2).mean())
     assert torch.allclose(attention_transfer(s, t), attention_transfer_tokens(s, t))
+
+
+@pytest.mark.parametrize("p", [2, 4])
+@pytest.mark.parametrize("shapes", [((3, 8, 5, 5), (3, 32, 5, 5)), ((2, 17, 8), (2, 17, 24))], ids=["maps", "tokens"])
+def test_the_registered_attention_transfer_reads_the_teachers_map_from_teacher_part(shapes, p):
+    """Pair(loss='at') splits the formula: teacher_part(t) is the teacher's normalised map (what the teacher-output
+    cache stores), forward(s, map) the rest; together the written-out formula, gradients included."""
+    torch.manual_seed(0)
+    s, t = torch.randn(*shapes[0], requires_grad=True), torch.randn(*shapes[1])
+    channels = 1 if s.dim() == 4 else -1
+    a_s = F.normalize(s.pow(p).mean(channels).flatten(1), dim=1)
+    a_t = F.normalize(t.pow(p).mean(channels).flatten(1), dim=1)
+    expected = (a_s - a_t).pow(2).mean()
+    loss = build_loss("at", shapes[0][1:], shapes[1][1:], {"p": p})
+    assert loss.teacher_part(t).shape == a_t.shape
+    got = loss(s, loss.teacher_part(t))
+    torch.testing.assert_close(got, expected)
+    (grad,) = torch.autograd.grad(got, s)
+    (want,) = torch.autograd.grad(expected, s)
+    torch.testing.assert_close(grad, want)
 
 
 def test_unknown_loss_lists_known_names_and_closest():
