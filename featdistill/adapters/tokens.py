@@ -59,20 +59,34 @@ class MapToTokens(Adapter):
 class TokensToTokens(Adapter):
     """``[B, p_s + h_s*w_s, C_s] -> [B, h_t*w_t, C_t]``: patch tokens resampled onto the teacher's
     grid and projected by a linear layer (on whichever grid has fewer positions, see
-    :func:`project_then_resize`); ``target`` drops the teacher's prefix tokens."""
+    :func:`project_then_resize`); ``target`` drops the teacher's prefix tokens.
+
+    ``compare_on='student'`` compares on the student's grid instead: ``forward`` only projects the student's patch
+    tokens (``[B, h_s*w_s, C_t]``) and ``target`` resamples the teacher's onto that grid (average pooling for an
+    integer factor). Cheaper when the teacher's grid is the finer one, and a different comparison (the teacher's
+    tokens are averaged over each student patch), so measure it as a lever."""
 
     def __init__(self, s_prefix: int, s_grid: Sequence[int], t_prefix: int, t_grid: Sequence[int],
-                 c_in: int, c_out: int):
+                 c_in: int, c_out: int, compare_on: str = "teacher"):
         super().__init__()
         self.s_prefix, self.s_grid, self.t_prefix, self.t_grid = s_prefix, tuple(s_grid), t_prefix, tuple(t_grid)
+        self.compare_on = compare_on
         self.proj = nn.Linear(c_in, c_out) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = rearrange(x[:, self.s_prefix :], "b (h w) c -> b c h w", h=self.s_grid[0], w=self.s_grid[1])
-        return rearrange(project_then_resize(x, self.proj, self.t_grid), "b c h w -> b (h w) c")
+        size = self.t_grid if self.compare_on == "teacher" else self.s_grid
+        return rearrange(project_then_resize(x, self.proj, size), "b c h w -> b (h w) c")
 
     def target(self, teacher: torch.Tensor) -> torch.Tensor:
-        return teacher[:, self.t_prefix :]
+        teacher = teacher[:, self.t_prefix :]
+        if self.compare_on == "teacher":
+            return teacher
+        grid = rearrange(teacher, "b (h w) c -> b c h w", h=self.t_grid[0], w=self.t_grid[1])
+        return rearrange(resize_map(grid, self.s_grid), "b c h w -> b (h w) c")
+
+    def extra_repr(self) -> str:
+        return "compare_on='student'" if self.compare_on == "student" else ""
 
 
 def _grid(kind: str, student: Shape, teacher: Shape, side: str, n: int, prefix, grid) -> tuple[int, tuple]:
@@ -100,9 +114,12 @@ def map_to_tokens(student: Shape, teacher: Shape, teacher_prefix=None, teacher_g
 
 @ADAPTERS.register("tokens")
 def tokens(student: Shape, teacher: Shape, student_prefix=None, student_grid=None, teacher_prefix=None,
-           teacher_grid=None, **hints) -> Adapter:
+           teacher_grid=None, compare_on: str = "teacher", **hints) -> Adapter:
     if len(student) != 2 or len(teacher) != 2:
         raise mismatch("tokens", student, teacher, "both sides must be token sequences [N, C]")
+    if compare_on not in ("teacher", "student"):
+        raise mismatch("tokens", student, teacher, f"compare_on={compare_on!r} is not a grid: use "
+                                                   "adapter_kwargs={'compare_on': 'teacher'} (default) or 'student'")
     s_prefix, s_grid = _grid("tokens", student, teacher, "student", student[0], student_prefix, student_grid)
     t_prefix, t_grid = _grid("tokens", student, teacher, "teacher", teacher[0], teacher_prefix, teacher_grid)
-    return TokensToTokens(s_prefix, s_grid, t_prefix, t_grid, student[1], teacher[1])
+    return TokensToTokens(s_prefix, s_grid, t_prefix, t_grid, student[1], teacher[1], compare_on)

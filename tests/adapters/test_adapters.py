@@ -116,3 +116,15 @@ def test_token_adapters_equal_resize_then_project_on_either_grid(s_grid, t_grid)
     to_tokens = ADAPTERS.get("map_to_tokens")((16, *s_grid), (1 + n_t, 24), teacher_prefix=1, teacher_grid=t_grid)
     expected = F.interpolate(grid, size=t_grid, **mode).flatten(2).transpose(1, 2) @ to_tokens.proj.weight.T
     assert torch.allclose(to_tokens(grid), expected + to_tokens.proj.bias, atol=1e-5)
+
+
+def test_tokens_compared_on_the_students_grid_average_the_teachers_tokens_per_student_patch():
+    torch.manual_seed(0)
+    adapter = ADAPTERS.get("tokens")((17, 16), (65, 24), student_grid=(4, 4), teacher_grid=(8, 8),
+                                     compare_on="student")
+    s, t = torch.randn(2, 17, 16), torch.randn(2, 65, 24)
+    assert torch.allclose(adapter(s), s[:, 1:] @ adapter.proj.weight.T + adapter.proj.bias, atol=1e-6)
+    patches = t[:, 1:].reshape(2, 4, 2, 4, 2, 24)  # teacher row = 2 * student row + dy, column likewise
+    torch.testing.assert_close(adapter.target(t), patches.mean(dim=(2, 4)).reshape(2, 16, 24))
+    with pytest.raises(ShapeError, match="compare_on='both' is not a grid"):
+        ADAPTERS.get("tokens")((17, 16), (65, 24), student_grid=(4, 4), teacher_grid=(8, 8), compare_on="both")
