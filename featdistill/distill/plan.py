@@ -66,7 +66,10 @@ class PlannedPair:
         return (f"  {p.student} {list(self.student_shape)} -> {self.adapter_name} ({self.adapter_params:,} params)"
                 f" -> {p.teacher} {list(self.teacher_shape)}  loss={self.loss_name} weight={weight}"
                 + (f" capture={p.capture}" if p.capture != "output" else "")
-                + (f" normalize={p.normalize}" if p.normalize else ""))
+                + (f" normalize={p.normalize}" if p.normalize else "")
+                + (f" compared_on_student_grid={list(self.compared_shape)}"
+                   if getattr(self.adapter, "compare_on", None) == "student"
+                   else ""))
 
 
 def _positions(shape: tuple[int, ...]) -> int:
