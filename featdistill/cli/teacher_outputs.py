@@ -114,7 +114,7 @@ def budget_line(recipe: Recipe, entries: list[Entry], num_samples: int) -> str:
     if size > cache.max_gb * 1e9:
         biggest = max(entries, key=Entry.nbytes)
         raise FeatdistillError(
-            f"the teacher-output cache would take {size / 1e9:.1f} GB ({cache.views} views x {num_samples:,} samples "
+            f"the teacher-output cache would take {size / 1e6:,.1f} MB ({cache.views} views x {num_samples:,} samples "
             f"x {per:,} bytes: {what}), over teacher_cache.max_gb={cache.max_gb:g}. Record fewer views (--set "
             f"teacher_cache.views=...), keep only the top logits (--set teacher_cache.top_k=...), pair fewer or "
             f"smaller teacher layers (the largest entry is {biggest.name}), or raise teacher_cache.max_gb.")

@@ -76,7 +76,8 @@ def test_a_cache_over_its_budget_is_refused_before_anything_runs(tmp_path, monke
     monkeypatch.setenv("FEATDISTILL_CACHE", str(tmp_path / "cache"))
     assert main([VIT, "--dry-run", "--set", "teacher_cache.max_gb=0.001"]) == 2
     err = capsys.readouterr().err
-    assert "would take 0.1 GB" in err and "over teacher_cache.max_gb=0.001" in err
+    assert "would take 25.2 MB (4 views x 1,022 samples x 6,164 bytes" in err  # stored targets: [16, 96] per pair
+    assert "over teacher_cache.max_gb=0.001" in err
     assert "teacher_cache.views" in err and "teacher_cache.top_k" in err
     assert main([VIT, "--dry-run", "--set", "teacher_cache.views=2"]) == 0
     assert "teacher outputs: cached, 2 view(s) x 1,022 samples" in capsys.readouterr().out
