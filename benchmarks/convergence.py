@@ -23,18 +23,20 @@ from pathlib import Path
 
 import torch
 from compare_kd import LABELS, MODES, OUT, run_all, shell_join
+from journal import RunJournal
 
 
 def curves(recipe: Path, epochs: list[int], modes: dict[str, list[str]], seeds: list[int], extra: list[str],
-           jobs: int, threads: int, out: dict, on_length_done) -> None:
+           jobs: int, threads: int, out: dict, on_length_done, journal: RunJournal | None = None) -> None:
     """Fill ``out`` with ``{'modes': {mode: {E: table row}}}`` and the teacher's accuracy for one recipe, calling
-    ``on_length_done()`` after each schedule length, so a long run keeps what it has."""
+    ``on_length_done()`` after each schedule length, so a long run keeps what it has. Runs the ``journal`` holds
+    are not trained again: its keys are compare_kd's, so ``compare_kd.py --set train.epochs=E`` reuses them."""
     out["modes"] = {m: {} for m in modes}
     with tempfile.TemporaryDirectory() as tmp:
         for e in epochs:
             tables = {}
             run_all([recipe], modes, seeds, [*extra, f"train.epochs={e}"], Path(tmp), jobs, threads,
-                    tables.__setitem__)
+                    tables.__setitem__, journal)
             table = tables[recipe.stem]
             out["teacher_accuracy"], out["teacher_sha256"] = table["teacher_accuracy"], table["teacher_sha256"]
             for mode, row in table["modes"].items():
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         plot(results, stem.with_suffix(".png"))
 
     for recipe in args.recipes:
-        curves(recipe, args.epochs, modes, seeds, args.extra, jobs, threads, results.setdefault(recipe.stem, {}), write)
+        curves(recipe, args.epochs, modes, seeds, args.extra, jobs, threads, results.setdefault(recipe.stem, {}), write,
+               RunJournal(args.out / f"{args.tag}.runs.jsonl"))
     print(markdown(results, meta))
     return 0
 

@@ -238,14 +238,21 @@ def test_methods_place_every_method_where_its_paper_does_and_each_mode_plans(cap
         methods.method_modes(recipe, ["fitnets"])
 
 
-def test_convergence_curves_one_row_per_schedule_length(tmp_path):
+def test_convergence_curves_one_row_per_schedule_length(tmp_path, capsys):
     out = tmp_path / "out"
     recipe = str(BENCH.parent / "recipes" / "resnet_to_resnet.py")
-    assert load("convergence").main([recipe, "--epochs", "1", "2", "--seeds", "1", "--modes", "logit", "--jobs", "1",
-                                     "--set", "teacher.pretrain.epochs=1", "--out", str(out), "--tag", "c"]) == 0
+    argv = [recipe, "--epochs", "1", "2", "--seeds", "1", "--modes", "logit", "--jobs", "1",
+            "--set", "teacher.pretrain.epochs=1", "--out", str(out), "--tag", "c"]
+    assert load("convergence").main(argv) == 0
     saved = json.loads((out / "c.json").read_text())["results"]["resnet_to_resnet"]
     assert sorted(saved["modes"]["logit"]) == ["1", "2"] and 0 < saved["teacher_accuracy"] <= 1
     assert "| logit |" in (out / "c.md").read_text() and (out / "c.png").stat().st_size > 0
+    # one journal line per run; a second call trains nothing and gives the same table
+    assert len((out / "c.runs.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+    assert load("convergence").main(argv) == 0
+    assert capsys.readouterr().out.count("1 of 1 runs are already in") == 2
+    assert json.loads((out / "c.json").read_text())["results"]["resnet_to_resnet"]["modes"] == saved["modes"]
 
 
 def test_compare_kd_workers_end_when_the_main_process_is_killed(tmp_path):
