@@ -67,9 +67,8 @@ class PlannedPair:
                 f" -> {p.teacher} {list(self.teacher_shape)}  loss={self.loss_name} weight={weight}"
                 + (f" capture={p.capture}" if p.capture != "output" else "")
                 + (f" normalize={p.normalize}" if p.normalize else "")
-                + (f" compared_on_student_grid={list(self.compared_shape)}"
-                   if getattr(self.adapter, "compare_on", None) == "student"
-                   else ""))
+                # the loss sees the teacher reshaped (prefix tokens dropped, another grid): say what it sees
+                + (f" compared={list(self.compared_shape)}" if self.compared_shape != self.teacher_shape else ""))
 
 
 def _positions(shape: tuple[int, ...]) -> int:

@@ -216,6 +216,19 @@ def test_auto_pairs_by_relative_depth_show_in_the_plan():
     assert "weight must be a number >= 0" in problems
 
 
+def test_the_plan_says_what_the_loss_compares_when_it_is_not_the_teachers_shape():
+    # vit: 16 patches of 8 px + a class token [17, 192]; deit: 64 patches of 4 px + class and distillation tokens
+    on_student = dict(adapter_kwargs={"compare_on": "student"})
+    pairs = [Pair("blocks.0", "blocks.1"), Pair("blocks.1", "blocks.3", **on_student)]
+    with Distiller(vit(depth=4), deit(depth=2), pairs, sample_input=X[:2]) as d:
+        lines = [line for line in d.plan().splitlines() if "-> TokensToTokens" in line]
+        assert len(lines) == 2
+        assert lines[0].endswith("-> blocks.1 [17, 192]  loss=mse weight=1 compared=[16, 192]")  # class token out
+        assert lines[1].endswith("-> blocks.3 [17, 192]  loss=mse weight=1 compared=[64, 192]")  # student's grid
+    with Distiller(vit(depth=4), vit(depth=2, width=96), [Pair("blocks.1", "blocks.3")], sample_input=X[:2]) as d:
+        assert "compared=" not in d.plan()  # same tokens on both sides: nothing to say
+
+
 def test_attention_pairs_recompute_maps_from_qkv_and_train():
     torch.manual_seed(0)
     teacher, student = vit(depth=2, heads=6), deit(depth=2)  # 6 vs 3 heads, 17 vs 66 tokens
