@@ -5,7 +5,8 @@ schedules flatter feature KD (on digits, a +3.5 point gain at 15 epochs was +0.6
 schedule length in ``--epochs`` and each mode, the student is trained from scratch on paired seeds (each length
 a full run with its own warm-up and cosine decay, as a user would run it), and the final test accuracy is
 recorded. The schedule has converged where the `logit` curve flattens; the gap to the teacher at that point is
-what is left for distillation to close. Writes JSON, a markdown table and a PNG of the curves.
+what is left for distillation to close. Writes JSON, a markdown table, a PNG of the curves and a run journal
+(``<tag>.runs.jsonl``: a stopped curve resumes).
 
     python benchmarks/convergence.py recipes/resnet_to_resnet.py --set data.name="'digit_pairs'" \\
         --epochs 10 20 40 80 --seeds 2 --modes logit both --tag pairs_resnet_convergence
