@@ -116,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         stem.with_suffix(".md").write_text(markdown(results, meta))
         plot(results, stem.with_suffix(".png"))
 
+    journal = RunJournal(args.out / f"{args.tag}.runs.jsonl")
     for recipe in args.recipes:
         curves(recipe, args.epochs, modes, seeds, args.extra, jobs, threads, results.setdefault(recipe.stem, {}), write,
-               RunJournal(args.out / f"{args.tag}.runs.jsonl"))
+               journal)
     print(markdown(results, meta))
     return 0
 
