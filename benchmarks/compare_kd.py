@@ -167,14 +167,16 @@ def run_all(recipes: list[Path], modes: dict[str, list[str]], seeds: list[int], 
     for recipe in recipes:
         print(f"{recipe.stem}: modes {list(modes)}, seeds {seeds}", flush=True)
         hashes[recipe.stem] = prepare_teachers(recipe, modes, extra)
-    keys = [RunJournal.key(a[0], a[1], a[2], threads, hashes[a[0].stem]) for a in args]
-    kept = {k: journal.get(k) for k in keys if journal is not None and journal.get(k) is not None}
+    both_keys = [RunJournal.keys(a[0], a[1], a[2], threads, hashes[a[0].stem]) for a in args]
+    keys = [k for k, _ in both_keys]
+    found = [journal.find(ks) if journal is not None else None for ks in both_keys]
+    kept = {k: summary for k, summary in zip(keys, found) if summary is not None}
     if kept:
         print(f"  {len(kept)} of {len(keys)} runs are already in {journal.path}: kept (delete it to train them "
               "again)", flush=True)
 
     def finished(key: tuple, journal_key: str, summary: dict) -> None:
-        if journal is not None and journal_key not in kept:
+        if journal is not None and journal.get(journal_key) is None:  # new, or found under its older key
             journal.add(journal_key, summary)
         record(key, summary)
 

@@ -2,13 +2,18 @@
 where it was instead of training every run again.
 
 One JSON line per finished run: its key and its summary. The key is a hash of everything that decides the run's
-result: the recipe file's bytes, the mode's overrides, the seed, the thread count (it changes float summation
-order) and the teachers' weights. A run whose key is found is not trained again; change any of these and it is.
+result: the recipe's code, the mode's overrides, the seed, the thread count (it changes float summation order)
+and the teachers' weights. A run whose key is found is not trained again; change any of these and it is. The
+recipe's docstrings and comments are not part of its code here: a recipe reports its measured results in its
+docstring, and rewording them must not send every journaled run back to training. Journals written before
+2026-12-02 keyed the recipe's raw bytes; such a run is still found while its file is unchanged, and is written
+again under the new key.
 Lines are appended and flushed one at a time, so at most the run in flight is lost; a torn last line is ignored.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -41,13 +46,20 @@ class RunJournal:
                     continue  # a line torn by a kill mid-write: that run is simply trained again
 
     @staticmethod
-    def key(recipe: Path, overrides: list[str], seed: int, threads: int, teachers: list[str]) -> str:
-        recipe_hash = hashlib.sha256(recipe.read_bytes()).hexdigest()
-        what = [recipe.stem, recipe_hash, list(overrides), seed, threads, sorted(teachers)]
-        return hashlib.sha256(json.dumps(what).encode()).hexdigest()
+    def keys(recipe: Path, overrides: list[str], seed: int, threads: int, teachers: list[str]) -> tuple[str, str]:
+        """The run's key, and the key older journals gave it (the recipe's raw bytes instead of its code)."""
+        def key(recipe_hash: str) -> str:
+            what = [recipe.stem, recipe_hash, list(overrides), seed, threads, sorted(teachers)]
+            return hashlib.sha256(json.dumps(what).encode()).hexdigest()
+
+        return key(code_hash(recipe)), key(hashlib.sha256(recipe.read_bytes()).hexdigest())
 
     def get(self, key: str) -> dict | None:
         return self.done.get(key)
+
+    def find(self, keys: tuple[str, str]) -> dict | None:
+        """The summary journaled under the run's key or, failing that, its older key."""
+        return next((self.done[k] for k in keys if k in self.done), None)
 
     def add(self, key: str, summary: dict) -> None:
         self.done[key] = summary
@@ -56,3 +68,20 @@ class RunJournal:
             f.write(json.dumps({"key": key, "summary": summary, "machine": machine()}) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def code_hash(recipe: Path) -> str:
+    """sha256 of the recipe file's syntax tree without its docstrings (comments never reach the tree); a file
+    that does not parse is hashed as bytes (its runs fail anyway)."""
+    source = recipe.read_bytes()
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return hashlib.sha256(source).hexdigest()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()

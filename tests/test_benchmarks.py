@@ -68,6 +68,36 @@ def test_compare_kd_trains_only_the_runs_its_journal_lacks(tmp_path, monkeypatch
     # a changed override is another run: trained again, not taken from the journal
     assert compare_kd.main(common + ["--modes", "logit", "--set", "kd.temperature=2"]) == 0
     assert len(trained) == 2
+    # a run journaled under the older key scheme is found, not trained, and journaled again under the new key
+    journal = load("journal")
+    real_keys = journal.RunJournal.keys
+    monkeypatch.setattr(journal.RunJournal, "keys", staticmethod(lambda *a: ("v2" + real_keys(*a)[0],
+                                                                               real_keys(*a)[0])))
+    assert compare_kd.main(common + ["--modes", "logit"]) == 0
+    assert len(trained) == 2
+    lines = [json.loads(line) for line in (tmp_path / "j.runs.jsonl").read_text().splitlines()]
+    assert [line["key"][:2] for line in lines].count("v2") == 1
+
+
+def test_journal_keys_a_recipe_by_its_code_not_its_docstring(tmp_path):
+    journal = load("journal")
+    recipe = tmp_path / "r.py"
+    code = "x = Model('a', kwargs=dict(w=4))\n\ndef f():\n    \"\"\"{doc}\"\"\"\n    return 1\n"
+    recipe.write_text('"""Measured: +0.19."""\n' + code.format(doc="one"))
+    args = (["pairs=[]"], 70, 1, ["abc"])
+    key, old_key = journal.RunJournal.keys(recipe, *args)
+    recipe.write_text('"""Measured again: +0.25, reworded."""\n# a comment\n' + code.format(doc="two"))
+    reworded, reworded_old = journal.RunJournal.keys(recipe, *args)
+    assert reworded == key and reworded_old != old_key  # the older key followed the bytes
+    recipe.write_text('"""Measured: +0.19."""\n' + code.format(doc="one").replace("w=4", "w=8"))
+    assert journal.RunJournal.keys(recipe, *args)[0] != key  # a code change is another run
+    assert journal.RunJournal.keys(recipe, ["pairs=[]"], 71, 1, ["abc"])[0] != key
+    # a journal written with the older key still finds the run, while the recipe's bytes are as they were
+    recipe.write_text('"""Measured: +0.19."""\n' + code.format(doc="one"))
+    book = journal.RunJournal(tmp_path / "j.runs.jsonl")
+    book.add(old_key, {"student_accuracy": 0.5})
+    assert journal.RunJournal(tmp_path / "j.runs.jsonl").find((key, old_key)) == {"student_accuracy": 0.5}
+    assert book.find((reworded, "not-there")) is None
 
 
 def test_paired_interval_and_verdict_by_hand():
