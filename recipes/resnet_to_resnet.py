@@ -11,8 +11,10 @@ among AT on single stages and stage pairs, FitNet hints (MSE through a 1x1 conv 
 teacher's layer-normalised feature) and other weights. At 15 epochs they beat logit KD on the fresh seeds
 60-69: +3.06 points [+1.20, +4.93], with an earlier 99.16% teacher. The gain does not survive a long
 schedule. At 60 epochs, where logit KD has converged, the student reaches its teacher with or without the
-pairs: +0.19 [-0.26, +0.63] on seeds 70-79, within noise. No feature configuration has been shown to help
-this pair at convergence.
+pairs: +0.19 [-0.26, +0.63] on seeds 70-79, within noise. Chosen again at 60 epochs among the same levers
+on seeds 80-84, the best (these pairs weighted to the KD term's full size) gave +0.10 [-0.48, +0.68] on seeds
+70-79, also within noise; so the pairs stay as they were. No feature configuration has been shown to help this
+pair at convergence.
 Layer 4 is 1x1 here: AT there would be a constant, and featdistill refuses it.
 
 Default: the embedded digits data at 32 px (no download), narrow ResNets so it runs on a laptop CPU; the
