@@ -9,7 +9,7 @@ what is left for distillation to close. Writes JSON, a markdown table, a PNG of 
 (``<tag>.runs.jsonl``: a stopped curve resumes).
 
     python benchmarks/convergence.py recipes/resnet_to_resnet.py --set data.name="'digit_pairs'" \\
-        --epochs 10 20 40 80 --seeds 2 --modes logit both --tag pairs_resnet_convergence
+        --epochs 60 120 240 --seeds 2 --modes logit alone --tag pairs_resnet_convergence_long
 """
 
 from __future__ import annotations

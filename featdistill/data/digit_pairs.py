@@ -5,7 +5,9 @@ left for distillation to transfer at convergence. Here an image holds two real 8
 (``[8, 16]``, padded to ``[16, 16]``) and its class is the pair ``10 * left + right``. A network must recognise
 both digits *and* bind each to its position, so a narrow student stays capacity-limited while the classes keep
 the digits' real structure (a "38" resembles an "88"): the soft targets carry knowledge of the kind
-distillation is about.
+distillation is about. Measured (benchmarks/RESULTS.md): ``resnet_to_resnet``'s 20k-parameter student, trained
+alone, plateaus at 97.1% by 120-240 epochs, 1.45 points below its 98.55% teacher; on digits, with logit KD,
+it ends 0.37 points below.
 
 No digit image is shared between splits: the train, val and test composites are drawn only from the digits
 task's own train, val and test images, with a fixed generator (the split never depends on a run's seed).
