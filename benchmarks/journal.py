@@ -21,16 +21,27 @@ import platform
 from pathlib import Path
 
 
-def machine() -> str:
-    """The CPU model (recorded beside each run, not in its key: a table may be finished on another machine of the
-    same thread count, and its runs say which ran where)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def machine(cpuinfo: str | None = None) -> str:
+    """The CPU, e.g. ``AMD EPYC (family 25 model 17, avx512)``: recorded beside each run, not in its key (a table may
+    be finished on another machine of the same thread count, and its runs say which ran where). The family, model
+    and vector width are there because machines that share a model name can differ in them, and with them the
+    float rounding of a teacher trained from the same seed."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in cpuinfo.split("\n\n")[0].splitlines():  # the first processor's block
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    flags = fields.get("flags", "").split()
+    width = next((w for w in ("avx512f", "avx2", "avx") if w in flags), None)
+    detail = [f"family {fields['cpu family']} model {fields['model']}"] if "cpu family" in fields else []
+    detail += [width.removesuffix("f")] if width else []
+    return fields["model name"] + (f" ({', '.join(detail)})" if detail else "")
 
 
 class RunJournal:

@@ -100,6 +100,16 @@ def test_journal_keys_a_recipe_by_its_code_not_its_docstring(tmp_path):
     assert book.find((reworded, "not-there")) is None
 
 
+def test_journal_names_the_cpu_by_family_model_and_vector_width():
+    machine = load("journal").machine
+    block = ("processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {m}\n"
+             "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 {extra}\n")
+    genoa = block.format(n=0, m=17, extra="avx512f avx512bw") + "\n" + block.format(n=1, m=1, extra="")
+    assert machine(genoa) == "AMD EPYC (family 25 model 17, avx512)"  # the first processor's block
+    assert machine(block.format(n=0, m=1, extra="")) == "AMD EPYC (family 25 model 1, avx2)"
+    assert machine("model name\t: Some CPU\n") == "Some CPU"
+
+
 def test_paired_interval_and_verdict_by_hand():
     paired = load("paired")
     # d = 1, 2, 3, 4: mean 2.5, s = sqrt(5/3), se = s / 2, t(0.975, 3) = 3.182446305
