@@ -10,7 +10,7 @@ attention maps of the last two blocks beat logit KD alone; the last block's map 
 features, and token features alone, did not. On the fresh seeds 60-69 they win: +2.22 points [+0.70, +3.74],
 with an earlier teacher. At 120 epochs the logit-KD student reaches 97.90%, above its 96.80% teacher, and the
 pairs give -0.17 [-1.17, +0.83] on seeds 70-75: within noise. No configuration has been shown to win at long
-schedules. The pairs have not been chosen again at 120 epochs.
+schedules. The pairs have not been chosen again at a long schedule.
 
 Default: the embedded digits data (no download) and the same cached ViT teacher as vit_to_deit.py. For real
 models, e.g. `vit_base_patch16_224` (pretrained=True) -> `vit_tiny_patch16_224`, pair `blocks.11.attn` with
