@@ -8,9 +8,10 @@ student's 4x4 patch grid onto the teacher's 8x8 one; the class token is left out
 Measured on digits (benchmarks/RESULTS.md). The pairs were chosen at the shipped 30 epochs on seeds 0-4: the
 attention maps of the last two blocks beat logit KD alone; the last block's map alone or with its token
 features, and token features alone, did not. On the fresh seeds 60-69 they win: +2.22 points [+0.70, +3.74],
-with an earlier teacher. At 120 epochs the logit-KD student reaches 97.90%, above its 96.80% teacher, and the
-pairs give -0.17 [-1.17, +0.83] on seeds 70-75: within noise. No configuration has been shown to win at long
-schedules. The pairs have not been chosen again at a long schedule.
+with an earlier teacher. At long schedules they do not help: on seeds 70-75 they give -0.17 [-1.17, +0.83] at
+120 epochs and -0.42 [-0.98, +0.14] at 240 (behind on 4 seeds, level on 2; the logit-KD student reaches
+98.60%, above its 96.13% teacher). Both are within noise. No configuration has been shown to win at long
+schedules, and these pairs cost 1.26x logit KD's epoch time. The pairs have not been chosen again at a long schedule.
 
 Default: the embedded digits data (no download) and the same cached ViT teacher as vit_to_deit.py. For real
 models, e.g. `vit_base_patch16_224` (pretrained=True) -> `vit_tiny_patch16_224`, pair `blocks.11.attn` with
