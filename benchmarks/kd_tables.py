@@ -42,6 +42,15 @@ def table_rows(recipe: str, res: dict, metric) -> list[str]:
     return lines
 
 
+def chart_title(metric_name: str, modes: list[str]) -> str:
+    """The panel's title names the modes it shows, when few enough to read; the legend always does."""
+    if metric_name != "accuracy":
+        return "LM distillation modes"
+    if len(modes) > 3:
+        return "student test accuracy per mode"
+    return " vs ".join(LABELS.get(m, m) for m in modes)
+
+
 def plot(all_results: dict, path: Path) -> None:
     import matplotlib
 
@@ -73,7 +82,7 @@ def plot(all_results: dict, path: Path) -> None:
             ax.set_ylim(min(spans) - pad, max(spans) + pad)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(recipes))], recipes)
         ax.set_ylabel(metric.axis)
-        ax.set_title("student alone vs logit KD vs feature KD" if name == "accuracy" else "LM distillation modes")
+        ax.set_title(chart_title(name, modes))
         ax.legend(fontsize=8, loc="lower right" if metric.higher_is_better else "upper right")
     fig.suptitle("mean +- std over seeds", fontsize=9)
     fig.tight_layout()

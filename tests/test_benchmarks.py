@@ -127,6 +127,14 @@ def test_paired_interval_and_verdict_by_hand():
         paired.seed_range("a-b")
 
 
+def test_chart_title_names_only_the_modes_the_chart_shows():
+    title = load("kd_tables").chart_title
+    assert title("accuracy", ["logit", "both"]) == "logit KD vs logit + feature KD (recipe)"
+    assert "alone" not in title("accuracy", ["logit", "w4"])
+    assert title("accuracy", ["logit", "both", "a", "b"]) == "student test accuracy per mode"
+    assert title("bits_per_byte", ["logit"]) == "LM distillation modes"
+
+
 def test_compare_kd_chooses_on_selection_seeds_and_reports_on_confirmation_seeds(tmp_path):
     recipe = str(BENCH.parent / "recipes" / "resnet_to_resnet.py")
     assert load("compare_kd").main([recipe, "--modes", "logit", "both", "--variant", "l1=pairs=[{'student': "
