@@ -84,3 +84,20 @@ def test_compare_kd_runs_an_lm_recipe_on_the_teachers_text(tmp_path):
     (path, sha), = saved["meta"]["synthetic_sha256"]["tiny_lm"].items()
     assert len(Path(path).read_text().splitlines()) == 8 and len(sha) == 64
     assert "test bits/byte (lower is better)" in (out / "lm.md").read_text() and (out / "lm.png").stat().st_size > 0
+
+
+def test_convergence_curves_an_lm_recipe_in_bits_per_byte(tmp_path):
+    import convergence
+
+    recipe = write_tiny_lm(tmp_path)
+    out = tmp_path / "out"
+    assert convergence.main([str(recipe), "--epochs", "1", "2", "--seeds", "1", "--jobs", "1",
+                             "--out", str(out), "--tag", "c"]) == 0
+    result = json.loads((out / "c.json").read_text())["results"]["tiny_lm"]
+    # the LM analogues of logit and both by default, judged in bits per byte (a byte-level LM starts near 8)
+    assert list(result["modes"]) == ["forward_kl", "forward_kl+hidden"] and result["metric"] == "bits_per_byte"
+    assert sorted(result["modes"]["forward_kl"]) == ["1", "2"] and 0 < result["teacher_bits_per_byte"] < 16
+    table = (out / "c.md").read_text()
+    assert "test bits/byte (lower is better)" in table and "| forward_kl |" in table
+    with pytest.raises(SystemExit, match="language-model recipe; give some of: alone"):
+        convergence.main([str(recipe), "--epochs", "1", "--modes", "logit", "both", "--out", str(out)])
