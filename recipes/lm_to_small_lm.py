@@ -18,6 +18,13 @@ learns more slowly than the 2-block student, which ends slightly ahead of it; th
 little about a well-trained teacher. Raise both epochs (e.g. --set teacher.pretrain.epochs=20 --set
 train.epochs=20) to test it there.
 
+At longer schedules (benchmarks/RESULTS.md, "The LM recipe at longer schedules"): with a teacher trained 24 epochs
+(1.763 test bits/byte; it has stopped improving on held-out text by then), forward KL alone reaches 1.751 at 24
+student epochs and 1.600 at 48, past its teacher; the hidden-state pairs' gain over forward KL shrinks from +0.173 at
+6 epochs to +0.004 at 24 (seeds 80-81) and is within noise on fresh seeds 70-71 (+0.006 [-0.051, +0.063]). Their
+clear win is at short schedules (+0.210 [+0.132, +0.288] at 4 epochs with a 12-epoch teacher); no converged table
+exists yet.
+
 Real models: a saved HF model as the teacher (teacher=Model("hf:./my-gpt2", checkpoint=None, pretrain=None)) with
 its tokenizer (data=Data(name="text", root="my_corpus/", tokenizer="./my-gpt2")); list the layer names with
 --list-layers teacher|student.
