@@ -174,10 +174,12 @@ def run_all(recipes: list[Path], modes: dict[str, list[str]], seeds: list[int], 
     if kept:
         print(f"  {len(kept)} of {len(keys)} runs are already in {journal.path}: kept (delete it to train them "
               "again)", flush=True)
+    elif journal is not None and (why := journal.none_reused(sorted({h for hs in hashes.values() for h in hs}))):
+        print(why, flush=True)  # most often a teacher trained again, with other weights: say so before hours of runs
 
     def finished(key: tuple, journal_key: str, summary: dict) -> None:
         if journal is not None and journal.get(journal_key) is None:  # new, or found under its older key
-            journal.add(journal_key, summary)
+            journal.add(journal_key, summary, hashes[key[0].stem])
         record(key, summary)
 
     if jobs == 1:  # in this process, with all its threads

@@ -48,11 +48,13 @@ class RunJournal:
     def __init__(self, path: Path):
         self.path = path
         self.done: dict[str, dict] = {}
+        self.teachers: set[str] = set()  # the teachers' sha256 its runs used (lines from before 2026-12-03 lack it)
         if path.is_file():
             for line in path.read_text().splitlines():
                 try:
                     entry = json.loads(line)
                     self.done[entry["key"]] = entry["summary"]
+                    self.teachers.update(entry.get("teachers", []))
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a line torn by a kill mid-write: that run is simply trained again
 
@@ -72,11 +74,24 @@ class RunJournal:
         """The summary journaled under the run's key or, failing that, its older key."""
         return next((self.done[k] for k in keys if k in self.done), None)
 
-    def add(self, key: str, summary: dict) -> None:
+    def none_reused(self, teachers: list[str]) -> str | None:
+        """Why a journal that holds runs gave none of them to this table, for the log; None when it is empty."""
+        if not self.done:
+            return None
+        others = sorted(self.teachers - set(teachers))
+        why = (f"they used teacher sha256 {', '.join(h[:12] for h in others)}, this table's is "
+               f"{', '.join(h[:12] for h in teachers)}: a teacher trained again can come out with other weights "
+               "(another CPU or thread count); put its cache file back ($FEATDISTILL_CACHE) to reuse them"
+               if others else "the recipe's code, the overrides, the seeds, the thread count or the teacher differ")
+        return f"  none of the {len(self.done)} runs in {self.path} match this table, so all are trained: {why}"
+
+    def add(self, key: str, summary: dict, teachers: list[str] | None = None) -> None:
         self.done[key] = summary
+        self.teachers.update(teachers or [])
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"key": key, "summary": summary, "machine": machine()}
         with open(self.path, "a") as f:
-            f.write(json.dumps({"key": key, "summary": summary, "machine": machine()}) + "\n")
+            f.write(json.dumps(entry | ({"teachers": teachers} if teachers else {})) + "\n")
             f.flush()
             os.fsync(f.fileno())
 

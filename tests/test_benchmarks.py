@@ -100,6 +100,19 @@ def test_journal_keys_a_recipe_by_its_code_not_its_docstring(tmp_path):
     assert book.find((reworded, "not-there")) is None
 
 
+def test_journal_says_why_none_of_its_runs_were_reused(tmp_path):
+    journal = load("journal")
+    book = journal.RunJournal(tmp_path / "j.runs.jsonl")
+    assert book.none_reused(["b" * 64]) is None  # an empty journal has nothing to explain
+    book.add("k1", {"student_accuracy": 0.5}, ["a" * 64])
+    again = journal.RunJournal(tmp_path / "j.runs.jsonl")  # the teacher is read back from the file
+    assert again.teachers == {"a" * 64}
+    note = again.none_reused(["b" * 64])
+    assert "none of the 1 runs" in note and "a" * 12 in note and "b" * 12 in note and "cache file" in note
+    # the same teacher: the cause is elsewhere, and the note does not blame the teacher
+    assert "cache file" not in again.none_reused(["a" * 64])
+
+
 def test_journal_names_the_cpu_by_family_model_and_vector_width():
     machine = load("journal").machine
     block = ("processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {m}\n"
