@@ -15,7 +15,8 @@ import types
 from pathlib import Path
 from typing import Any
 
-from ..config import Data, Recipe
+from ..config import TEXT_DATASETS, Data, Recipe
+from ..data.text_split import SPLIT_VERSION as TEXT_SPLIT_VERSION
 from ..recipe import to_dict
 
 SPEED_ONLY = {f.name for f in dataclasses.fields(Data) if f.metadata.get("speed_only")}  # e.g. data.num_workers
@@ -147,6 +148,8 @@ def key(recipe: Recipe) -> tuple[Path | None, str | None]:
     """The cache file and None, or None and why the teacher cannot be cached."""
     # the same batches either way; the teacher never trains on data.train_root (Data.for_teacher)
     data = {k: v for k, v in to_dict(recipe.data.for_teacher()).items() if k not in SPEED_ONLY}
+    if recipe.data.name in TEXT_DATASETS and TEXT_SPLIT_VERSION > 1:  # image teachers keep the keys they had
+        data["split_version"] = TEXT_SPLIT_VERSION
     key = {"teacher": to_dict(recipe.teacher), "data": data}
     if callable(recipe.teacher.name):  # names keep the keys they always had; a factory adds its code
         try:

@@ -11,10 +11,11 @@ Tokens. By default UTF-8 bytes: ids 0..255 are bytes and ``EOD = 256`` ends each
 (``save_pretrained``), loaded with ``local_files_only=True``; its EOS (else SEP, else BOS) token separates
 documents, and its vocabulary is ``len(tokenizer)``.
 
-Splits. By document, never by position: documents are shuffled by a fixed generator (the split never depends on
-a run's seed); test, then val, takes documents in that order while they bring it nearer ``test_size`` /
-``val_size`` of the bytes (:func:`split_documents`); train keeps the rest. A split's documents form one stream
-``[sep] doc [sep] doc [sep] ...``. ``data.train_root`` replaces the train split by every document of another text
+Splits. By document, never by position, and never apart from a document that shares text with it
+(:mod:`.text_split`: equal documents, or ones sharing a line of 40+ characters, form a group; groups, shuffled by
+a fixed generator that never depends on a run's seed, fill test, then val, up to ``test_size`` / ``val_size`` of
+the bytes; train keeps the rest). A split's documents form one stream ``[sep] doc [sep] doc [sep] ...``.
+``data.train_root`` replaces the train split by every document of another text
 (e.g. one the teacher generated, ``featdistill.generate``); val and test stay the same.
 
 Blocks and labels. An item is ``{'input_ids': [T], 'attention_mask': [T], 'labels': [T]}``, int64, cut from
@@ -47,10 +48,10 @@ from ..config import TEXT_DATASETS, TEXT_LAYOUT, Data
 from ..errors import FeatdistillError
 from .augment import mix_seed
 from .batch import IGNORE_INDEX
+from .text_split import split_documents
 
 EOD = 256  # end of document in the byte vocabulary
 BYTE_VOCAB = 257  # 256 bytes + EOD
-SPLIT_STATE = 0  # fixed seed of the document shuffle
 SUFFIXES = (".txt", ".jsonl")
 
 
@@ -169,29 +170,6 @@ def stream(docs: Sequence[list[int]], sep: int | None) -> torch.Tensor:
 
 
 # -- splits and blocks ---------------------------------------------------------------------------------------------
-def split_documents(sizes: Sequence[int], val_size: float, test_size: float) -> tuple[list[int], ...]:
-    """``(train, val, test)`` document indices from the documents' byte ``sizes``. Documents are shuffled by a
-    fixed generator; test, then val, walks that order taking each document that brings it nearer its share of the
-    bytes (so a document over twice a share stays out of that split; if all are, the smallest goes in); train
-    keeps the rest."""
-    if len(sizes) < 3:
-        raise FeatdistillError(f"the text has {len(sizes)} non-empty document(s); train, val and test need one each. "
-                               "Give more documents: several .txt files, or a .jsonl with one document per line.")
-    rest = torch.randperm(len(sizes), generator=torch.Generator().manual_seed(SPLIT_STATE)).tolist()
-    total, held_out = sum(sizes), []
-    for frac, after in ((test_size, 2), (val_size, 1)):  # `after`: splits still to fill, one document each
-        target, taken, size = frac * total, [], 0
-        for i in rest:
-            if abs(size + sizes[i] - target) < abs(size - target) and len(rest) - len(taken) > after:
-                taken.append(i)
-                size += sizes[i]
-        taken = taken or [min(rest, key=lambda i: sizes[i])]
-        chosen = set(taken)
-        rest = [i for i in rest if i not in chosen]
-        held_out.append(taken)
-    return rest, held_out[1], held_out[0]
-
-
 class TextBlocks(Dataset):
     """Blocks of one split's token stream (see the module docstring).
 
@@ -272,7 +250,7 @@ def make_text_datasets(data: Data, seed: int = 0, with_index: bool = False) -> T
     docs = pydoc_documents() if data.name == "pydoc" else read_documents(data.root)
     tokens = load_tokens(data.tokenizer)
     sizes = [len(d.encode("utf-8")) for d in docs]
-    parts = list(split_documents(sizes, data.val_size, data.test_size))
+    parts = list(split_documents(docs, data.val_size, data.test_size))
     if data.train_root is not None:  # another text replaces the training split; val/test stay as they are
         extra = _train_documents(data.train_root)
         parts[0] = list(range(len(docs), len(docs) + len(extra)))

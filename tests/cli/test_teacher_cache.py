@@ -71,3 +71,13 @@ def test_student_settings_keep_the_key(base, override):
     assert changed != base
     assert cache_path(changed) == cache_path(base)
 
+
+
+def test_a_new_text_split_changes_a_text_teachers_key_only(base, monkeypatch):
+    import featdistill.cli.teacher_key as teacher_key
+
+    lm = load_recipe(RECIPE.parent / "lm_to_small_lm.py")
+    image_key, text_key = cache_path(base), cache_path(lm)
+    monkeypatch.setattr(teacher_key, "TEXT_SPLIT_VERSION", teacher_key.TEXT_SPLIT_VERSION + 1)
+    assert cache_path(base) == image_key  # an image teacher never trained on a text split
+    assert cache_path(lm) != text_key  # a teacher trained on another split is not reused

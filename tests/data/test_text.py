@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 
 from featdistill.config import Data
 from featdistill.data import Batch, collate_text, lm_metrics, make_loaders, make_text_datasets
-from featdistill.data.text import BYTES, EOD, pydoc_documents, read_documents, split_documents
+from featdistill.data.text import BYTES, EOD, pydoc_documents, read_documents
+from featdistill.data.text_split import LINK_CHARS, MAX_LINK_DOCS, document_groups, split_documents, split_sizes
 from featdistill.errors import FeatdistillError
 from featdistill.recipe import to_dict
 
@@ -157,17 +158,52 @@ def test_too_few_documents_or_text_for_a_block(tmp_path):
     with pytest.raises(FeatdistillError, match="1 non-empty document.*several .txt files"):
         make_text_datasets(Data(name="text", root=str(one)))
     for i in range(3):
-        (tmp_path / f"d{i}.txt").write_text("short text")
+        (tmp_path / f"d{i}.txt").write_text(f"short text {i}")
     with pytest.raises(FeatdistillError, match="too short for data.block_size=64.*lower data.block_size"):
         make_text_datasets(Data(name="text", root=str(tmp_path), block_size=64))
 
 
-def test_split_documents_fixed_and_one_document_each_at_least():
+def test_split_sizes_fixed_and_one_item_each_at_least():
     sizes = [100] * 10 + [5000]
-    a, b = split_documents(sizes, 0.2, 0.2), split_documents(sizes, 0.2, 0.2)
+    a, b = split_sizes(sizes, 0.2, 0.2), split_sizes(sizes, 0.2, 0.2)
     assert a == b and sorted(i for p in a for i in p) == list(range(11))
-    assert split_documents([5, 5, 5], 0.01, 0.01) == split_documents([5, 5, 5], 0.9, 0.9)
-    assert all(len(p) == 1 for p in split_documents([5, 5, 5], 0.9, 0.9))
+    assert 10 in a[0]  # an item over a held-out share trains
+    assert sum(sizes[i] for i in a[2]) <= 0.2 * sum(sizes)  # a held-out split never overshoots its share
+    assert split_sizes([5, 5, 5], 0.01, 0.01) == split_sizes([5, 5, 5], 0.9, 0.9)
+    assert all(len(p) == 1 for p in split_sizes([5, 5, 5], 0.9, 0.9))
+
+
+def test_documents_sharing_a_long_line_or_equal_form_one_group():
+    para = "x" * (LINK_CHARS - 5) + " para"  # LINK_CHARS long
+    docs = [f"intro\n{para}\nmore", "unrelated text", f"  {para}  \nother", "short line", "short line",
+            "a" * (LINK_CHARS - 1) + "\nb", "a" * (LINK_CHARS - 1) + "\nc"]
+    assert document_groups(docs) == [[0, 2], [1], [3, 4], [5], [6]]  # one char short of LINK_CHARS links nothing
+    boiler = "Licensed under the Apache License, Version 2.0 (the License)"
+    many = [f"{boiler}\ndoc {i}" for i in range(MAX_LINK_DOCS + 1)]
+    assert document_groups(many) == [[i] for i in range(len(many))]  # boilerplate cannot chain a corpus
+    assert document_groups(many[:2]) == [[0, 1]]
+
+
+def test_split_keeps_linked_documents_together_and_needs_three_groups():
+    shared = [f"shared paragraph number {k}, long enough to link two documents" for k in range(6)]
+    docs = [f"{shared[k // 2]}\nbody {k}" + "y" * (50 * k) for k in range(12)]  # documents 2k and 2k + 1 linked
+    parts = split_documents(docs, 0.2, 0.2)
+    where = {i: n for n, part in enumerate(parts) for i in part}
+    assert sorted(where) == list(range(12)) and all(parts)
+    assert all(where[2 * k] == where[2 * k + 1] for k in range(6))
+    with pytest.raises(FeatdistillError, match="4 non-empty document.*in 2 group.*share text"):
+        split_documents(docs[:4], 0.2, 0.2)
+
+
+def test_pydoc_held_out_text_does_not_repeat_training_text(pydoc):
+    """Topics such as ``compound`` hold others (``if``, ``try``) verbatim; a document split let 39% of the test
+    text's 64-character windows appear in train, so test loss rewarded memorising."""
+    texts = ["\n".join(_docs_of(split.tokens)) for split in pydoc[:3]]
+    n = 64
+    seen = {texts[0][i:i + n] for i in range(len(texts[0]) - n)}
+    for held in texts[1:]:
+        starts = range(0, len(held) - n, 5)
+        assert sum(held[i:i + n] in seen for i in starts) / len(starts) < 0.005
 
 
 def test_data_problems_and_saved_form():
