@@ -12,13 +12,13 @@ held-out bits per byte within 5% of the teacher's. The summary states whether it
 Converged (benchmarks/RESULTS.md, "The LM recipe on the fixed split"): with a teacher trained 48 epochs with
 dropout 0.1 (2.177 test bits/byte), the student plateaus at 24 epochs (at 48 it overfits, 0.06 worse):
 
-    python -m featdistill.run recipes/lm_to_small_lm.py --set train.epochs=24 --set teacher.pretrain.epochs=48 \
+    python -m featdistill.run recipes/lm_to_small_lm.py --set train.epochs=24 --set teacher.pretrain.epochs=48 \\
       --set "teacher.kwargs={'n_embd':128,'n_head':4,'n_positions':128,'n_layer':4,\\
         'resid_pdrop':0.1,'embd_pdrop':0.1,'attn_pdrop':0.1}"
 
-There, on fresh seeds 70-73, the hidden-state pairs beat forward KL alone: 2.159 +- 0.010
-against 2.208 +- 0.014 bits/byte, paired gain +0.048 [+0.024, +0.073], on every seed; the student ends 0.018 below
-its teacher at 53% of its parameters.
+There, on fresh seeds 70-73, the hidden-state pairs beat forward KL alone: 2.159 +- 0.010 against 2.208 +- 0.014
+bits/byte, paired gain +0.048 [+0.024, +0.073], on every seed; the student ends 0.018 below its teacher at 53% of
+its parameters.
 
 The shipped defaults are a short demo. Measured (seed 0, `python -m featdistill.run recipes/lm_to_small_lm.py` with
 OMP_NUM_THREADS=1, on a shared 2-core machine beside two benchmark runs): teacher 3.176 bits/byte on the test text
